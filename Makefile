@@ -1,0 +1,39 @@
+# DataYoti Edge: developer entry points. Run as root on a Debian build machine.
+SHELL := /bin/bash
+VENV := .venv
+STAMP := $(VENV)/.setup-done
+TESTBED := tests/testbed/testbed
+
+.PHONY: setup demo demo-down test test-unit lint clean
+
+## setup: host packages (apt), the pinned Python tools (pip) and the Ansible collections
+setup: $(STAMP)
+$(STAMP): requirements-dev.txt ansible/requirements.yml
+	apt-get update -qq || echo "setup: apt-get update reported errors; trying the install anyway" >&2
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		mmdebstrap systemd-container iproute2 openssh-client python3-venv >/dev/null
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+	$(VENV)/bin/ansible-galaxy collection install -r ansible/requirements.yml
+	touch $@
+
+## demo: one simulated Pi provisioned by site.yml, with simulated sensors publishing into it
+demo: setup
+	tests/sim/demo.sh
+
+## demo-down: remove the demo's simulated Pi
+demo-down:
+	$(TESTBED) --bed demo down
+
+## test: every check CI runs (lint, unit, integration on simulated Pis, molecule)
+test: setup
+	$(VENV)/bin/pytest
+
+test-unit: setup
+	$(VENV)/bin/pytest tests/unit tests/test_lint.py
+
+lint: setup
+	$(VENV)/bin/pytest tests/test_lint.py
+
+clean:
+	for bed in /run/datayoti-testbed/*/; do [ -d "$$bed" ] && $(TESTBED) --bed "$$(basename "$$bed")" down; done; true

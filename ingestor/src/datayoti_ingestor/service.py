@@ -1,0 +1,327 @@
+"""The ingestor's main loop: MQTT in, batched transactions out, ack after commit.
+
+Threads: paho's network thread only appends to `Inbox`; everything else
+(parsing, writing, acknowledging, notifying systemd) happens in the main thread,
+so WATCHDOG=1 proves that the main loop itself is making progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import paho.mqtt.client as mqtt
+import psycopg2
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .config import Config
+from .messages import Limits, Rejected, parse_message
+from .store import Incoming, Store
+
+log = logging.getLogger("datayoti.ingestor")
+STATUS_EVERY_S = 5.0
+DB_PING_EVERY_S = 10.0
+
+
+class Notifier:
+    """sd_notify, or nothing when not run by systemd."""
+
+    def __init__(self):
+        try:
+            import sdnotify
+
+            self._notifier = sdnotify.SystemdNotifier()
+        except ImportError:  # pragma: no cover - sdnotify is a declared dependency
+            self._notifier = None
+
+    def __call__(self, state: str) -> None:
+        if self._notifier is not None:
+            self._notifier.notify(state)
+
+
+class Inbox:
+    """What paho's thread hands to the main loop."""
+
+    def __init__(self):
+        self._items: deque[Incoming] = deque()
+        self._ready = threading.Condition()
+
+    def put(self, item: Incoming) -> None:
+        with self._ready:
+            self._items.append(item)
+            self._ready.notify()
+
+    def take_all(self) -> list[Incoming]:
+        with self._ready:
+            items = list(self._items)
+            self._items.clear()
+            return items
+
+    def wait(self, timeout: float) -> None:
+        with self._ready:
+            if not self._items:
+                self._ready.wait(timeout)
+
+    def wake(self) -> None:
+        with self._ready:
+            self._ready.notify()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def limits_from(config: Config) -> Limits:
+    from datetime import timedelta
+
+    rules = config.rules
+    return Limits(max_payload_bytes=rules.max_payload_bytes, temperature_min=rules.temperature_min,
+                  temperature_max=rules.temperature_max, humidity_min=rules.humidity_min,
+                  humidity_max=rules.humidity_max, max_clock_ahead=timedelta(seconds=rules.max_clock_ahead_s))
+
+
+def classify(item: Incoming, limits: Limits) -> Incoming:
+    """Parse in place: either `parsed` or `reason`/`detail` gets set."""
+    try:
+        item.parsed = parse_message(item.topic, item.payload, item.received_at, limits)
+    except Rejected as exc:
+        item.reason, item.detail = exc.reason, exc.detail
+    return item
+
+
+def next_backoff(current: float, initial: float, maximum: float) -> float:
+    return initial if current <= 0 else min(maximum, current * 2)
+
+
+def status_line(stats: Stats, backlog: int, now: float, db_ok: bool, mqtt_ok: bool) -> str:
+    rate = stats.rate(now)
+    return (f"{rate:.1f} msg/s, backlog {backlog}, stored {stats.stored}, rejected {stats.rejected}, "
+            f"duplicates {stats.duplicates}; database {'ok' if db_ok else 'DOWN'}, "
+            f"broker {'ok' if mqtt_ok else 'DOWN'}")
+
+
+@dataclass
+class Stats:
+    stored: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    window_start: float = 0.0
+    window_count: int = 0
+    last_rate: float = 0.0
+
+    def count(self, n: int, now: float) -> None:
+        self.window_count += n
+        if now - self.window_start >= STATUS_EVERY_S:
+            self.roll(now)
+
+    def roll(self, now: float) -> None:
+        span = now - self.window_start
+        if span > 0:
+            self.last_rate = self.window_count / span
+        self.window_start, self.window_count = now, 0
+
+    def rate(self, now: float) -> float:
+        if now - self.window_start >= STATUS_EVERY_S:
+            self.roll(now)
+        return self.last_rate
+
+
+class Ingestor:
+    def __init__(self, config: Config, notify: Notifier | None = None):
+        self.config = config
+        self.notify = notify or Notifier()
+        self.limits = limits_from(config)
+        self.inbox = Inbox()
+        self.pending: list[Incoming] = []
+        self.stats = Stats()
+        self.stop_requested = False
+        self.mqtt_connected = threading.Event()
+        self.db_ok = False
+        db = config.database
+        self.store = Store(
+            dsn=(f"host={db.host} port={db.port} dbname={db.name} user={db.user} password={db.password} "
+                 f"connect_timeout={db.connect_timeout_s} application_name=datayoti-ingestor "
+                 "keepalives=1 keepalives_idle=10 keepalives_interval=5 keepalives_count=3 "
+                 "options='-c statement_timeout=30000'"),
+            device_cache_ttl_s=config.rules.device_cache_ttl_s,
+            payload_limit=config.rules.rejected_payload_bytes,
+        )
+        self.client = self._make_client()
+
+    # ------------------------------------------------------------ MQTT (paho's thread)
+
+    def _make_client(self) -> mqtt.Client:
+        m = self.config.mqtt
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=m.client_id,
+                             protocol=mqtt.MQTTv5, manual_ack=True)
+        client.username_pw_set(m.username, m.password)
+        if m.ca_file:
+            client.tls_set(ca_certs=m.ca_file)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            log.error("broker refused the connection: %s", reason_code)
+            return
+        # Subscribing here renews the subscription after every reconnect.
+        client.subscribe(self.config.mqtt.topic, qos=1)
+        self.mqtt_connected.set()
+        log.info("connected to the broker (session present: %s)", flags.session_present)
+        self.inbox.wake()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self.mqtt_connected.clear()
+        if not self.stop_requested:
+            log.warning("disconnected from the broker (%s); paho reconnects", reason_code)
+
+    def _on_message(self, client, userdata, message):
+        self.inbox.put(Incoming(mid=message.mid, dup=bool(message.dup), qos=message.qos,
+                                received_at=datetime.now(UTC), topic=message.topic,
+                                payload=bytes(message.payload)))
+
+    # ------------------------------------------------------------ main thread
+
+    def request_stop(self, signum, frame) -> None:
+        """Signal handler: only sets the flag."""
+        self.stop_requested = True
+        self.inbox.wake()
+
+    def connect_mqtt(self) -> None:
+        m = self.config.mqtt
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = m.session_expiry_s
+        props.ReceiveMaximum = m.receive_maximum
+        self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=False, properties=props)
+        self.client.loop_start()
+
+    def wait_until_ready(self) -> bool:
+        """Connect the database and the broker; False if asked to stop first."""
+        backoff = 0.0
+        while not self.stop_requested:
+            try:
+                self.store.connect()
+                self.db_ok = True
+                break
+            except psycopg2.Error as exc:
+                backoff = next_backoff(backoff, self.config.batch.retry_initial_s, self.config.batch.retry_max_s)
+                log.warning("database not reachable (%s); retrying in %.1f s", str(exc).strip(), backoff)
+                self.notify(f"STATUS=waiting for the database: {str(exc).strip()[:120]}")
+                self.sleep(backoff)
+        self.connect_mqtt()
+        while not self.stop_requested and not self.mqtt_connected.wait(1.0):
+            self.notify("STATUS=waiting for the broker")
+        return not self.stop_requested
+
+    def sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stop_requested and time.monotonic() < deadline:
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+    def flush(self, batch: list[Incoming]) -> bool:
+        """Commit a batch, then acknowledge it. False if the database refused."""
+        try:
+            result = self.store.write_batch(batch)
+        except psycopg2.Error as exc:
+            if self.db_ok:
+                log.error("database write failed, keeping %d messages unacknowledged: %s",
+                          len(batch), str(exc).strip())
+            self.db_ok = False
+            return False
+        if not self.db_ok:
+            log.info("database is back; writing resumed")
+        self.db_ok = True
+        for item in batch:
+            self.client.ack(item.mid, item.qos)
+        for item in batch:
+            if item.reason:
+                log.warning("rejected %s: %s (%s)", item.topic, item.reason, item.detail)
+        self.stats.stored += result.readings + result.heartbeats + result.statuses
+        self.stats.rejected += result.rejected
+        self.stats.duplicates += result.duplicates
+        return True
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        if not self.wait_until_ready():
+            self.shutdown()
+            return 0
+        self.notify("READY=1")
+        log.info("ready: consuming %s", self.config.mqtt.topic)
+        batch_cfg = self.config.batch
+        max_delay = batch_cfg.max_delay_ms / 1000
+        backoff, retry_at, last_status, last_ping = 0.0, 0.0, 0.0, time.monotonic()
+        self.stats.window_start = time.monotonic()
+        while not self.stop_requested:
+            now = time.monotonic()
+            self.pending.extend(classify(i, self.limits) for i in self.inbox.take_all())
+            oldest = self.pending[0].received_at.timestamp() if self.pending else None
+            due = self.pending and (len(self.pending) >= batch_cfg.max_rows
+                                    or time.time() - oldest >= max_delay)
+            if due and now >= retry_at:
+                batch = self.pending[: batch_cfg.max_rows]
+                if self.flush(batch):
+                    del self.pending[: len(batch)]
+                    self.stats.count(len(batch), now)
+                    backoff, retry_at = 0.0, 0.0
+                    last_ping = now
+                else:
+                    backoff = next_backoff(backoff, batch_cfg.retry_initial_s, batch_cfg.retry_max_s)
+                    retry_at = now + backoff
+            elif not self.pending and now - last_ping >= DB_PING_EVERY_S:
+                self.check_database()
+                last_ping = now
+            # One pass of the loop done: this is the progress the watchdog waits for.
+            self.notify("WATCHDOG=1")
+            if now - last_status >= STATUS_EVERY_S:
+                self.notify("STATUS=" + status_line(self.stats, len(self.pending) + len(self.inbox), now,
+                                                    self.db_ok, self.mqtt_connected.is_set()))
+                last_status = now
+            if not (self.pending and len(self.pending) >= batch_cfg.max_rows and now >= retry_at):
+                wait = max_delay if self.pending else 1.0
+                if retry_at > now:
+                    wait = min(1.0, retry_at - now)
+                self.inbox.wait(wait)
+        self.shutdown()
+        return 0
+
+    def check_database(self) -> None:
+        try:
+            if self.store.conn is None:
+                self.store.connect()
+            self.store.ping()
+            if not self.db_ok:
+                log.info("database is reachable again")
+            self.db_ok = True
+        except psycopg2.Error as exc:
+            if self.db_ok:
+                log.error("database not reachable: %s", str(exc).strip())
+            self.db_ok = False
+            self.store.close()
+
+    def shutdown(self) -> None:
+        """Flush what can be committed, then leave; the rest stays unacknowledged at the broker."""
+        self.notify("STOPPING=1")
+        self.pending.extend(classify(i, self.limits) for i in self.inbox.take_all())
+        flushed = 0
+        while self.pending:
+            batch = self.pending[: self.config.batch.max_rows]
+            if not self.flush(batch):
+                break
+            del self.pending[: len(batch)]
+            flushed += len(batch)
+        if self.pending:
+            log.warning("stopping with %d messages unacknowledged; the broker redelivers them", len(self.pending))
+        log.info("stopped after flushing %d messages", flushed)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.store.close()

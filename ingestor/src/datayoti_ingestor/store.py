@@ -1,0 +1,318 @@
+"""Writes batches of parsed messages to PostgreSQL in one transaction each.
+
+A batch is committed whole or not at all; the caller acknowledges its MQTT
+messages only after `write_batch` returns. Redelivered messages find their row
+through the natural keys and are not stored twice; the rollups are updated from
+the rows actually inserted, in the same statement, so they always equal an
+aggregate over the raw rows.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import psycopg2
+import psycopg2.extras
+
+from .messages import Heartbeat, Reading, Status
+
+# Redelivered (dup) readings whose device clock was not believed are matched on
+# the device's own value within this window.
+REDELIVERY_WINDOW = "7 days"
+
+ROLLUPS = (("rollup_semi_hourly", "30 minutes"), ("rollup_hourly", "1 hour"))
+
+
+def rollup_upsert(table: str, width: str) -> str:
+    return f"""
+    {table}_up AS (
+        INSERT INTO {table} AS r (device_id, bucket_start, measurement_count,
+                                  sum_temperature, min_temperature, max_temperature,
+                                  sum_humidity, min_humidity, max_humidity)
+        SELECT device_id, time_bucket(INTERVAL '{width}', time), count(*),
+               sum(temperature), min(temperature), max(temperature),
+               sum(humidity), min(humidity), max(humidity)
+        FROM inserted GROUP BY 1, 2
+        ON CONFLICT (device_id, bucket_start) DO UPDATE SET
+            measurement_count = r.measurement_count + excluded.measurement_count,
+            sum_temperature = r.sum_temperature + excluded.sum_temperature,
+            min_temperature = least(r.min_temperature, excluded.min_temperature),
+            max_temperature = greatest(r.max_temperature, excluded.max_temperature),
+            sum_humidity = r.sum_humidity + excluded.sum_humidity,
+            min_humidity = least(r.min_humidity, excluded.min_humidity),
+            max_humidity = greatest(r.max_humidity, excluded.max_humidity)
+        RETURNING 1
+    )"""
+
+
+INSERT_READINGS = f"""
+WITH incoming AS (
+    SELECT * FROM unnest(%(time)s::timestamptz[], %(device_id)s::text[], %(temperature)s::float8[],
+                         %(humidity)s::float8[], %(reception_time)s::timestamptz[],
+                         %(device_time)s::timestamptz[], %(extra)s::jsonb[], %(dup)s::bool[])
+        AS r(time, device_id, temperature, humidity, reception_time, device_time, extra, dup)
+),
+fresh AS (
+    SELECT i.* FROM incoming i
+    WHERE NOT (i.dup AND i.device_time IS NOT NULL AND EXISTS (
+        SELECT 1 FROM sensor_data s
+        WHERE s.device_id = i.device_id AND s.device_time = i.device_time
+          AND s.temperature = i.temperature AND s.humidity = i.humidity
+          AND s.time > i.reception_time - INTERVAL '{REDELIVERY_WINDOW}'))
+),
+inserted AS (
+    INSERT INTO sensor_data (time, device_id, site_id, temperature, humidity, reception_time, device_time, extra)
+    SELECT f.time, f.device_id, d.site_id, f.temperature, f.humidity, f.reception_time, f.device_time, f.extra
+    FROM fresh f LEFT JOIN devices d USING (device_id)
+    ON CONFLICT (device_id, time) DO NOTHING
+    RETURNING time, device_id, temperature, humidity
+),
+{",".join(rollup_upsert(table, width) for table, width in ROLLUPS)},
+seen AS (
+    UPDATE devices d SET last_data_at = greatest(d.last_data_at, m.latest)
+    FROM (SELECT device_id, max(reception_time) AS latest FROM incoming GROUP BY 1) m
+    WHERE d.device_id = m.device_id
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM seen)
+"""
+
+INSERT_HEARTBEATS = f"""
+WITH incoming AS (
+    SELECT * FROM unnest(%(time)s::timestamptz[], %(device_id)s::text[], %(rssi)s::int[], %(free_heap)s::int[],
+                         %(uptime)s::bigint[], %(min_heap)s::int[], %(ntp_sync)s::bool[],
+                         %(reception_time)s::timestamptz[], %(device_time)s::timestamptz[], %(extra)s::jsonb[],
+                         %(dup)s::bool[])
+        AS r(time, device_id, rssi, free_heap, uptime, min_heap, ntp_sync, reception_time, device_time, extra, dup)
+),
+inserted AS (
+    INSERT INTO device_heartbeats (time, device_id, site_id, rssi, free_heap, uptime, min_heap, ntp_sync,
+                                   reception_time, device_time, extra)
+    SELECT i.time, i.device_id, d.site_id, i.rssi, i.free_heap, i.uptime, i.min_heap, i.ntp_sync,
+           i.reception_time, i.device_time, i.extra
+    FROM incoming i LEFT JOIN devices d USING (device_id)
+    WHERE NOT (i.dup AND i.device_time IS NOT NULL AND EXISTS (
+        SELECT 1 FROM device_heartbeats h
+        WHERE h.device_id = i.device_id AND h.device_time = i.device_time
+          AND h.uptime IS NOT DISTINCT FROM i.uptime
+          AND h.time > i.reception_time - INTERVAL '{REDELIVERY_WINDOW}'))
+    ON CONFLICT (device_id, time) DO NOTHING
+    RETURNING 1
+),
+seen AS (
+    UPDATE devices d SET last_heartbeat_at = greatest(d.last_heartbeat_at, m.latest)
+    FROM (SELECT device_id, max(reception_time) AS latest FROM incoming GROUP BY 1) m
+    WHERE d.device_id = m.device_id
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM seen)
+"""
+
+INSERT_STATUSES = """
+INSERT INTO device_status (time, device_id, site_id, status_type, status_data, reception_time)
+SELECT i.time, i.device_id, d.site_id, i.status_type, i.status_data, i.reception_time
+FROM unnest(%(time)s::timestamptz[], %(device_id)s::text[], %(status_type)s::text[], %(status_data)s::jsonb[],
+            %(reception_time)s::timestamptz[]) AS i(time, device_id, status_type, status_data, reception_time)
+LEFT JOIN devices d USING (device_id)
+ON CONFLICT (device_id, time, status_type) DO NOTHING
+"""
+
+INSERT_REJECTS = """
+INSERT INTO rejected_messages (received_at, topic, payload, payload_bytes, reason, detail)
+SELECT * FROM unnest(%(received_at)s::timestamptz[], %(topic)s::text[], %(payload)s::bytea[],
+                     %(payload_bytes)s::int[], %(reason)s::text[], %(detail)s::text[])
+"""
+
+
+@dataclass
+class Incoming:
+    """One MQTT message on its way to the database."""
+
+    mid: int
+    dup: bool
+    received_at: datetime
+    topic: str
+    payload: bytes
+    qos: int = 1
+    parsed: Reading | Heartbeat | Status | None = None
+    reason: str | None = None
+    detail: str | None = None
+
+
+@dataclass
+class BatchResult:
+    readings: int = 0
+    heartbeats: int = 0
+    statuses: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+
+
+@dataclass
+class DeviceCache:
+    """Devices known to exist, and their site, for `ttl_s` (the seeds' 5 minutes)."""
+
+    ttl_s: float
+    known: dict[str, tuple[str | None, float]] = field(default_factory=dict)
+
+    def needs_write(self, device_id: str, site_id: str | None, now: float) -> bool:
+        entry = self.known.get(device_id)
+        if entry is None or now - entry[1] > self.ttl_s:
+            return True
+        return site_id is not None and entry[0] != site_id
+
+    def remember(self, device_id: str, site_id: str | None, now: float) -> None:
+        previous = self.known.get(device_id, (None, now))[0]
+        self.known[device_id] = (site_id if site_id is not None else previous, now)
+
+
+def column(items, attr_path: str) -> list:
+    values = []
+    for item in items:
+        value = item
+        for attr in attr_path.split("."):
+            value = getattr(value, attr)
+        values.append(value)
+    return values
+
+
+def jsonb(values: list) -> list:
+    return [json.dumps(v) if v else None for v in values]
+
+
+class Store:
+    def __init__(self, dsn: str, device_cache_ttl_s: float, payload_limit: int):
+        self.dsn = dsn
+        self.payload_limit = payload_limit
+        self.cache = DeviceCache(device_cache_ttl_s)
+        self.conn = None
+
+    def connect(self) -> None:
+        self.close()
+        self.conn = psycopg2.connect(self.dsn)
+        self.conn.autocommit = False
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None
+
+    def ping(self) -> None:
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        self.conn.rollback()
+
+    def write_batch(self, batch: list[Incoming]) -> BatchResult:
+        """Store a batch in one transaction. Raises psycopg2.Error (nothing stored) on failure."""
+        if self.conn is None:
+            self.connect()
+        result = BatchResult()
+        now = time.monotonic()
+        pending_cache: list[tuple[str, str | None]] = []
+        try:
+            with self.conn.cursor() as cur:
+                beats = [m for m in batch if isinstance(m.parsed, Heartbeat)]
+                readings = [m for m in batch if isinstance(m.parsed, Reading)]
+                statuses = [m for m in batch if isinstance(m.parsed, Status)]
+                rejects = [m for m in batch if m.parsed is None]
+                pending_cache = self._register_devices(cur, beats + readings + statuses, now)
+                if beats:
+                    cur.execute(INSERT_HEARTBEATS, self._heartbeat_params(beats))
+                    result.heartbeats = cur.fetchone()[0]
+                if readings:
+                    cur.execute(INSERT_READINGS, self._reading_params(readings))
+                    result.readings = cur.fetchone()[0]
+                if statuses:
+                    cur.execute(INSERT_STATUSES, self._status_params(statuses))
+                    result.statuses = cur.rowcount
+                if rejects:
+                    cur.execute(INSERT_REJECTS, self._reject_params(rejects))
+                    result.rejected = len(rejects)
+            self.conn.commit()
+        except BaseException:
+            self._abandon()
+            raise
+        for device_id, site_id in pending_cache:
+            self.cache.remember(device_id, site_id, now)
+        result.duplicates = len(batch) - len(rejects) - result.readings - result.heartbeats - result.statuses
+        return result
+
+    def _abandon(self) -> None:
+        try:
+            if self.conn is not None and not self.conn.closed:
+                self.conn.rollback()
+        except psycopg2.Error:
+            pass
+        if self.conn is not None and self.conn.closed:
+            self.conn = None
+
+    def _register_devices(self, cur, messages: list[Incoming], now: float) -> list[tuple[str, str | None]]:
+        """Create unknown sites and devices; move a device to the site its heartbeat names."""
+        wanted: dict[str, str | None] = {}
+        for m in messages:
+            site = m.parsed.site_id if isinstance(m.parsed, Heartbeat) else None
+            if site is not None or m.parsed.device_id not in wanted:
+                wanted[m.parsed.device_id] = site
+        todo = [(d, s) for d, s in wanted.items() if self.cache.needs_write(d, s, now)]
+        if not todo:
+            return []
+        sites = sorted({s for _, s in todo if s is not None})
+        if sites:
+            cur.execute("INSERT INTO sites (site_id, site_name) SELECT s, s FROM unnest(%s::text[]) s "
+                        "ON CONFLICT (site_id) DO NOTHING", (sites,))
+        cur.execute(
+            """
+            INSERT INTO devices AS d (device_id, site_id)
+            SELECT * FROM unnest(%s::text[], %s::text[])
+            ON CONFLICT (device_id) DO UPDATE SET site_id = excluded.site_id, updated_at = now()
+                WHERE excluded.site_id IS NOT NULL AND d.site_id IS DISTINCT FROM excluded.site_id
+            """,
+            ([d for d, _ in todo], [s for _, s in todo]),
+        )
+        return todo
+
+    @staticmethod
+    def _stamp_params(items: list[Incoming]) -> dict:
+        parsed = [m.parsed for m in items]
+        return {
+            "time": column(parsed, "stamp.time"),
+            "device_id": column(parsed, "device_id"),
+            "reception_time": [m.received_at for m in items],
+            "device_time": column(parsed, "stamp.device_time"),
+            "dup": [m.dup for m in items],
+        }
+
+    def _reading_params(self, items: list[Incoming]) -> dict:
+        parsed = [m.parsed for m in items]
+        return {**self._stamp_params(items), "temperature": column(parsed, "temperature"),
+                "humidity": column(parsed, "humidity"), "extra": jsonb(column(parsed, "extra"))}
+
+    def _heartbeat_params(self, items: list[Incoming]) -> dict:
+        parsed = [m.parsed for m in items]
+        params = self._stamp_params(items)
+        for name in ("rssi", "free_heap", "uptime", "min_heap", "ntp_sync"):
+            params[name] = column(parsed, name)
+        params["extra"] = jsonb(column(parsed, "extra"))
+        return params
+
+    def _status_params(self, items: list[Incoming]) -> dict:
+        parsed = [m.parsed for m in items]
+        params = self._stamp_params(items)
+        return {"time": params["time"], "device_id": params["device_id"],
+                "reception_time": params["reception_time"], "status_type": column(parsed, "status_type"),
+                "status_data": [json.dumps(s) for s in column(parsed, "status_data")]}
+
+    def _reject_params(self, items: list[Incoming]) -> dict:
+        return {
+            "received_at": [m.received_at for m in items],
+            "topic": [m.topic for m in items],
+            "payload": [psycopg2.Binary(m.payload[: self.payload_limit]) for m in items],
+            "payload_bytes": [len(m.payload) for m in items],
+            "reason": [m.reason for m in items],
+            "detail": [m.detail for m in items],
+        }

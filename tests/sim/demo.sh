@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The main job on its embedded default: one simulated Pi provisioned by
+# ansible/site.yml, and a fleet of simulated sensors publishing into it.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+testbed=("$repo/tests/testbed/testbed" --bed demo)
+venv_bin=${DATAYOTI_VENV:-$repo/.venv}/bin
+sensors=${DEMO_SENSORS:-5}
+duration=${DEMO_DURATION:-20}
+
+"${testbed[@]}" up 1 --sensors "$sensors" >/dev/null
+inventory=$("${testbed[@]}" inventory)
+address=$("${testbed[@]}" status | "$venv_bin/python" -c 'import json,sys; print(json.load(sys.stdin)["hosts"]["pi1"]["address"])')
+
+echo "== provisioning pi1 ($address) with ansible/site.yml"
+(cd "$repo/ansible" && PATH="$venv_bin:$PATH" ansible-playbook -i "$inventory" site.yml)
+
+echo "== fetching the sensors' credentials from pi1 (/etc/datayoti/sensors)"
+creds=$(mktemp -d)
+trap 'rm -rf "$creds"' EXIT
+"${testbed[@]}" exec pi1 tar -C /etc/datayoti/sensors -cf - . | tar -C "$creds" -xf -
+
+echo "== $sensors simulated sensors publish for ${duration}s; the broker shows what arrives"
+"${testbed[@]}" exec pi1 sh -c \
+  'mosquitto_sub -h localhost -u datayoti_ingestor -P "$(cat /etc/datayoti/secrets/mqtt-datayoti_ingestor.password)" -t "datayoti/#" -v -W '"$((duration + 5))"' | head -n 12' &
+listener=$!
+sleep 1
+"$venv_bin/python" "$repo/tests/sim/sensor_fleet.py" --credentials "$creds" --host "$address" \
+  --interval 2 --duration "$duration"
+wait "$listener" || true
+
+cat <<MSG
+
+The simulated Pi stays up:
+  ${testbed[*]} ssh pi1          # log in (then: systemctl status mosquitto postgresql@17-main)
+  make demo-down                 # remove it
+MSG

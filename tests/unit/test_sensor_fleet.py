@@ -1,0 +1,60 @@
+"""Pure logic of the simulated sensors and the test bed."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import json
+import random
+import sys
+
+import pytest
+from conftest import REPO, TESTBED
+
+sys.path.insert(0, str(REPO / "tests" / "sim"))
+import sensor_fleet  # noqa: E402
+
+
+def load_testbed():
+    loader = importlib.machinery.SourceFileLoader("testbed", str(TESTBED))
+    spec = importlib.util.spec_from_loader("testbed", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def test_firmware_timestamp_format():
+    assert sensor_fleet.firmware_timestamp(0) == "1970-01-01T00:00:00.000Z"
+    assert sensor_fleet.firmware_timestamp(1762180200.7) == "2025-11-03T14:30:00.000Z"
+
+
+def test_payloads_carry_the_firmware_fields():
+    rng = random.Random(1)
+    data = sensor_fleet.data_payload("1C:69:20:E9:18:24", "t", rng)
+    assert set(data) == {"device_id", "timestamp", "temperature", "humidity"}
+    beat = sensor_fleet.heartbeat_payload("1C:69:20:E9:18:24", "t", 5, rng)
+    assert set(beat) == {"device_id", "site_id", "timestamp", "rssi", "free_heap", "uptime", "min_heap", "ntp_sync"}
+
+
+def test_credentials_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "x.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="x.json"):
+        sensor_fleet.load_credentials(bad)
+    bad.write_text(json.dumps({"device_id": "A"}))
+    with pytest.raises(ValueError, match="missing keys MQTT_USER"):
+        sensor_fleet.load_credentials(bad)
+
+
+def test_testbed_sensor_macs_are_unique_and_locally_administered():
+    testbed = load_testbed()
+    macs = testbed.simulated_macs(1, 300) + testbed.simulated_macs(2, 300)
+    assert len(set(macs)) == 600
+    assert all(int(mac[:2], 16) & 0b10 for mac in macs)
+    assert testbed.simulated_macs(3, 1) == ["02:D7:00:03:00:01"]
+
+
+def test_testbed_rejects_bad_bed_names():
+    testbed = load_testbed()
+    with pytest.raises(testbed.TestbedError, match="bed name"):
+        testbed.Bed("../etc")
