@@ -77,7 +77,7 @@ def fleet():
     """Two simulated Pis provisioned by site.yml, shared by the integration tests."""
     require_root()
     bed = Bed("site")
-    bed.up(2, "--sensors", "2")
+    bed.up(2, "--sensors", "20")
     try:
         first = bed.playbook()
         bed.first_run = first
