@@ -32,6 +32,20 @@ def parse_recap(output: str) -> dict[str, dict[str, int]]:
     }
 
 
+def play_summary(result: subprocess.CompletedProcess) -> str:
+    """What went wrong in an ansible-playbook run: failed tasks, changed tasks, then its end."""
+    lines = result.stdout.splitlines()
+    blocks = {"failed": [], "changed": []}
+    for i, line in enumerate(lines):
+        if line.startswith(("fatal:", "failed:")):
+            blocks["failed"].append("\n".join(lines[max(0, i - 2): i + 3]))
+        elif line.startswith("changed:"):
+            blocks["changed"].append("\n".join(lines[max(0, i - 2): i + 1]))
+    return ("FAILED:\n" + "\n---\n".join(blocks["failed"])[-5000:]
+            + "\nCHANGED:\n" + "\n---\n".join(blocks["changed"])[-3000:]
+            + "\nEND:\n" + result.stdout[-1500:] + result.stderr[-1000:])
+
+
 @dataclass
 class Bed:
     name: str

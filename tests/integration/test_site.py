@@ -10,7 +10,7 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import parse_recap
+from conftest import parse_recap, play_summary
 
 PIS = ("pi1", "pi2")
 SECRET_GLOBS = ("/etc/datayoti/secrets/*", "/etc/datayoti/sensors/*.json", "/etc/mosquitto/certs/server.key")
@@ -21,7 +21,7 @@ MQTT_WAIT_S = 10
 
 def test_site_converges_both_pis(fleet):
     recap = parse_recap(fleet.first_run.stdout)
-    assert fleet.first_run.returncode == 0, fleet.first_run.stdout[-4000:]
+    assert fleet.first_run.returncode == 0, play_summary(fleet.first_run)
     assert set(recap) == set(PIS)
     for host, counts in recap.items():
         assert counts["failed"] == 0 and counts["unreachable"] == 0, host
@@ -29,17 +29,17 @@ def test_site_converges_both_pis(fleet):
 
 def test_second_run_changes_nothing(fleet):
     second = fleet.playbook()
-    assert second.returncode == 0, second.stdout[-4000:]
+    assert second.returncode == 0, play_summary(second)
     recap = parse_recap(second.stdout)
     assert set(recap) == set(PIS)
-    assert {h: c["changed"] for h, c in recap.items()} == {h: 0 for h in PIS}, second.stdout[-4000:]
+    assert {h: c["changed"] for h, c in recap.items()} == {h: 0 for h in PIS}, play_summary(second)
 
 
 def test_check_mode_on_converged_hosts_changes_nothing(fleet):
     check = fleet.playbook("--check")
-    assert check.returncode == 0, check.stdout[-4000:]
+    assert check.returncode == 0, play_summary(check)
     recap = parse_recap(check.stdout)
-    assert {h: c["changed"] for h, c in recap.items()} == {h: 0 for h in PIS}, check.stdout[-4000:]
+    assert {h: c["changed"] for h, c in recap.items()} == {h: 0 for h in PIS}, play_summary(check)
 
 
 # ------------------------------------------------------------------ MQTT
