@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from conftest import REPO, VENV_BIN, require_root, tool
 
-ROLES = sorted(p.parent.parent.name for p in (REPO / "roles").glob("*/molecule/default/molecule.yml"))
+ROLES = sorted(p.parents[2].name for p in (REPO / "roles").glob("*/molecule/default/molecule.yml"))
 
 
 def test_every_role_has_a_molecule_scenario():
