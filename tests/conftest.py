@@ -50,9 +50,11 @@ def play_summary(result: subprocess.CompletedProcess) -> str:
 class Bed:
     name: str
 
-    def run(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    def run(self, *args: str, check: bool = True, timeout: float = 900, stdin: str | None = None
+            ) -> subprocess.CompletedProcess:
         return subprocess.run([str(TESTBED), "--bed", self.name, *args], check=check, text=True,
-                              capture_output=True, timeout=timeout)
+                              capture_output=True, timeout=timeout, input=stdin,
+                              stdin=None if stdin is not None else subprocess.DEVNULL)
 
     def up(self, count: int, *extra: str) -> None:
         result = self.run("up", str(count), *extra, check=False)
@@ -68,9 +70,10 @@ class Bed:
     def inventory(self) -> str:
         return self.status()["inventory"]
 
-    def sh(self, host: str, script: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    def sh(self, host: str, script: str, check: bool = True, timeout: float = 120, stdin: str | None = None
+           ) -> subprocess.CompletedProcess:
         """Run a shell script as root on a simulated Pi, over SSH."""
-        return self.run("exec", host, "sh", "-c", script, check=check, timeout=timeout)
+        return self.run("exec", host, "sh", "-c", script, check=check, timeout=timeout, stdin=stdin)
 
     def read(self, host: str, path: str) -> str:
         return self.sh(host, f"cat {path!r}").stdout
@@ -98,3 +101,14 @@ def fleet():
         yield bed
     finally:
         bed.down()
+
+
+MODULE_ORDER = ["test_lint", "test_sensor_fleet", "test_site", "test_ingestor", "test_testbed", "test_molecule"]
+
+
+def pytest_collection_modifyitems(items):
+    """Idempotence and --check run on a fleet nothing has disturbed yet."""
+    def rank(item):
+        name = item.module.__name__.rsplit(".", 1)[-1]
+        return MODULE_ORDER.index(name) if name in MODULE_ORDER else -1
+    items.sort(key=rank)

@@ -19,8 +19,10 @@ SERVICE = "datayoti-ingestor.service"
 
 def sql(fleet, query: str) -> str:
     """Run SQL as the postgres superuser on the Pi; return unaligned output."""
-    script = f"cd / && sudo -u postgres psql -d datayoti_db -v ON_ERROR_STOP=1 -Atc {json.dumps(query)}"
-    return fleet.sh(PI, script).stdout.strip()
+    result = fleet.sh(PI, "cd / && sudo -u postgres psql -d datayoti_db -v ON_ERROR_STOP=1 -qAt", stdin=query,
+                      check=False)
+    assert result.returncode == 0, f"{query}\n{result.stdout}{result.stderr}"
+    return result.stdout.strip()
 
 
 def service(fleet, prop: str) -> str:
@@ -98,9 +100,12 @@ def test_sigkill_twice_loses_and_doubles_nothing(fleet, ingestor_active):
         thread = threading.Thread(target=lambda: report.update(
             r=publish_readings(sensors, per_sensor, qos=1, rate_per_s=2000, start_index=start)))
         thread.start()
-        for _ in range(2):
-            time.sleep(1.5)
+        restarts = int(service(fleet, "NRestarts"))
+        for kill in range(2):
+            time.sleep(1.0)
             fleet.sh(PI, f"systemctl kill --signal=SIGKILL {SERVICE}")
+            wait_for(lambda n=restarts + kill + 1: int(service(fleet, "NRestarts")) >= n
+                     and service(fleet, "ActiveState") == "active", 60, what="the restart after SIGKILL")
         thread.join(300)
     finally:
         for s in sensors:

@@ -6,13 +6,10 @@ import importlib.machinery
 import importlib.util
 import json
 import random
-import sys
 
 import pytest
-from conftest import REPO, TESTBED
-
-sys.path.insert(0, str(REPO / "tests" / "sim"))
-import sensor_fleet  # noqa: E402
+import sensor_fleet
+from conftest import TESTBED
 
 
 def load_testbed():
