@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.setup-done
 TESTBED := tests/testbed/testbed
 
-.PHONY: setup demo demo-down test test-unit lint clean
+.PHONY: setup demo demo-down test test-unit lint bench bench-smoke clean
 
 ## setup: host packages (apt), the pinned Python tools (pip) and the Ansible collections
 setup: $(STAMP)
@@ -28,6 +28,13 @@ demo-down:
 ## test: every check CI runs (lint, unit, integration on simulated Pis, molecule)
 test: setup
 	$(VENV)/bin/pytest
+
+## bench: the full benchmark on a simulated Pi (ingest, memory, SD writes, dashboards); report in bench-report/
+bench: setup
+	$(VENV)/bin/python tests/bench/bench.py
+
+bench-smoke: setup
+	$(VENV)/bin/python tests/bench/bench.py --smoke
 
 test-unit: setup
 	$(VENV)/bin/pytest tests/unit tests/test_lint.py

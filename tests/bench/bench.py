@@ -1,0 +1,485 @@
+#!/usr/bin/env python3
+"""DataYoti Edge benchmark: ingest and dashboards, side by side, in one run.
+
+It provisions (or reuses) one simulated Pi with ansible/site.yml, then:
+- publishes a live stream from 50 simulated sensors at 100 msg/s, 1,000 msg/s
+  and flat out, at QoS 0 (the firmware's) and at QoS 1, into each consumer in turn:
+  limit A (mosquitto_sub, no database), naive (a row per message, autocommit)
+  and ours (datayoti-ingestor under systemd);
+- measures limit B, COPY of as many rows straight into sensor_data;
+- loads 50 sensors x N days at one reading a minute and times the dashboards'
+  queries against the raw hypertable and through the rollups;
+- profiles ours at saturation with py-spy.
+
+It writes report.json and report.txt (a table that ends with the ratios and
+the targets) into --out. `--smoke` runs the same steps with a few seconds of load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "sim"))
+
+from sensor_fleet import data_payload, load_credentials  # noqa: E402
+
+TESTBED = REPO / "tests" / "testbed" / "testbed"
+AGENT = Path(__file__).with_name("pi_agent.py")
+AGENT_ON_PI = "/run/datayoti-bench/pi_agent.py"
+VENV_BIN = Path(os.environ.get("DATAYOTI_VENV", REPO / ".venv")) / "bin"
+SENSORS = 50
+PI = "pi1"
+
+# The product's goals on the 2-core build machine (issue 4). Never lowered.
+TARGETS = {
+    "ours_vs_limit_a": 0.60,
+    "ours_vs_naive": 10.0,
+    "p99_at_1000_ms": 50.0,
+    "ingestor_rss_mb": 40.0,
+    "bytes_per_reading": 400.0,
+    "dashboard_query_ms": 50.0,
+    "stack_rss_mb": 250.0,
+}
+
+
+class BenchError(RuntimeError):
+    """A step of the benchmark failed; the message says which and why."""
+
+
+# ------------------------------------------------------------------ plan
+
+def plan(smoke: bool) -> dict:
+    """How much load each step gets."""
+    if smoke:
+        return {"rates": {100: 200, 1000: 1000, "max": 2000}, "days": 1, "copy_rows": 2000, "settle_s": 1.5,
+                "query_runs": 5, "profile_s": 2}
+    return {"rates": {100: 2000, 1000: 20000, "max": 30000}, "days": 365, "copy_rows": 30000, "settle_s": 11,
+            "query_runs": 5, "profile_s": 10}
+
+
+def validate(args: argparse.Namespace) -> None:
+    if args.days is not None and args.days < 1:
+        raise BenchError(f"--days must be at least 1, not {args.days}")
+    if args.publishers < 1 or args.publishers > SENSORS:
+        raise BenchError(f"--publishers must be between 1 and {SENSORS}, not {args.publishers}")
+
+
+# ------------------------------------------------------------------ the bed
+
+def testbed(bed: str, *args: str, stdin: str | None = None, timeout: float = 900, check: bool = True
+            ) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(TESTBED), "--bed", bed, *args], input=stdin, text=True, capture_output=True,
+                            timeout=timeout, stdin=None if stdin is not None else subprocess.DEVNULL)
+    if check and result.returncode != 0:
+        raise BenchError(f"testbed {' '.join(args[:3])} failed: {result.stderr.strip()[-2000:]}")
+    return result
+
+
+def ensure_pi(bed: str, memory_mb: int, log) -> dict:
+    """A simulated Pi provisioned by site.yml: reused when its ingestor already runs."""
+    status = testbed(bed, "status", check=False)
+    if status.returncode != 0 or PI not in status.stdout:
+        log(f"bringing up {PI} (bed {bed}, {memory_mb} MB, {SENSORS} sensors)")
+        testbed(bed, "up", "1", "--sensors", str(SENSORS), "--memory", str(memory_mb))
+    state = json.loads(testbed(bed, "status").stdout)
+    active = testbed(bed, "exec", PI, "systemctl", "is-active", "datayoti-ingestor", check=False).stdout.strip()
+    if active != "active":
+        log("provisioning with ansible/site.yml")
+        env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "ANSIBLE_FORCE_COLOR": "0"}
+        play = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", state["inventory"], "site.yml"],
+                              cwd=REPO / "ansible", env=env, text=True, capture_output=True, timeout=1800)
+        if play.returncode != 0:
+            raise BenchError(f"site.yml failed:\n{play.stdout[-3000:]}")
+    install = f"install -d -m 0755 /run/datayoti-bench && cat > {AGENT_ON_PI} && chmod 0644 {AGENT_ON_PI}"
+    testbed(bed, "exec", PI, "sh", "-c", install,
+            stdin=AGENT.read_text())
+    return state["hosts"][PI]
+
+
+def fetch_credentials(bed: str, into: Path) -> list:
+    tar = subprocess.run([str(TESTBED), "--bed", bed, "exec", PI, "tar", "-C", "/etc/datayoti/sensors", "-cf", "-",
+                          "."], capture_output=True, check=True, timeout=60)
+    subprocess.run(["tar", "-C", str(into), "-xf", "-"], input=tar.stdout, check=True)
+    creds = [load_credentials(p) for p in sorted(into.glob("*.json"))]
+    if len(creds) < SENSORS:
+        raise BenchError(f"{PI} declares {len(creds)} sensors; the benchmark needs {SENSORS}")
+    return creds[:SENSORS]
+
+
+def agent(bed: str, *args: str, timeout: float = 3600, as_postgres: bool = False) -> dict:
+    prefix = ["runuser", "-u", "postgres", "--"] if as_postgres else []
+    result = testbed(bed, "exec", PI, *prefix, "python3", AGENT_ON_PI, *args, timeout=timeout)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------ publishing
+
+def unique_stamp(last: float, now: float) -> float:
+    """A millisecond timestamp after `last`: (device, time) stays unique at any rate."""
+    stamp = round(now, 3)
+    return stamp if stamp > last else round(last + 0.001, 3)
+
+
+def firmware_ms_timestamp(epoch: float) -> str:
+    """The firmware's ISO format, with real milliseconds so that latency can be measured."""
+    ms = round(epoch * 1000)
+    return datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def publisher_worker(creds, host: str, qos: int, count: int, rate: float | None, go, results) -> None:
+    """One process publishing `count` readings round-robin from its sensors, paced at `rate` msg/s."""
+    import paho.mqtt.client as mqtt
+
+    clients = []
+    for c in creds:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                             client_id=f"ESP32Client-{c.device_id}-{random.randint(0, 9999)}")
+        client.username_pw_set(c.username, c.password)
+        client.max_inflight_messages_set(100)
+        client.connect(host, c.port, keepalive=90)
+        client.loop_start()
+        clients.append((c.device_id, client))
+    rng = random.Random(len(creds))
+    last = dict.fromkeys((d for d, _ in clients), 0.0)
+    infos = []
+    go.wait()
+    started = time.monotonic()
+    for i in range(count):
+        device, client = clients[i % len(clients)]
+        stamp = last[device] = unique_stamp(last[device], time.time())
+        payload = json.dumps(data_payload(device, firmware_ms_timestamp(stamp), rng), separators=(",", ":"))
+        infos.append(client.publish(f"datayoti/sensor/{device}/data", payload, qos=qos))
+        if rate:
+            ahead = started + (i + 1) / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+    for info in infos:
+        info.wait_for_publish(120)
+    seconds = time.monotonic() - started
+    accepted = sum(1 for info in infos if info.is_published())
+    for _, client in clients:
+        client.disconnect()
+        client.loop_stop()
+    results.put({"last": last, "sent": count, "accepted": accepted, "seconds": seconds})
+
+
+def publish(creds, host: str, qos: int, count: int, rate: float | None, workers: int, on_connected) -> dict:
+    """Publish `count` readings from all sensors; returns what the end-of-stream line needs."""
+    ctx = multiprocessing.get_context("fork")
+    go, results = ctx.Event(), ctx.Queue()
+    shares = [creds[i::workers] for i in range(workers)]
+    counts = [count // workers + (1 if i < count % workers else 0) for i in range(workers)]
+    procs = [ctx.Process(target=publisher_worker,
+                         args=(share, host, qos, n, rate / workers if rate else None, go, results))
+             for share, n in zip(shares, counts, strict=True)]
+    for p in procs:
+        p.start()
+    on_connected()
+    time.sleep(1.0)  # the workers connect
+    go.set()
+    reports = [results.get(timeout=900) for _ in procs]
+    for p in procs:
+        p.join(30)
+    last = {}
+    for r in reports:
+        last.update({d: t for d, t in r["last"].items() if t})
+    return {"last": last, "count": sum(r["sent"] for r in reports),
+            "accepted": sum(r["accepted"] for r in reports),
+            "publish_msg_per_s": sum(r["sent"] for r in reports) / max(r["seconds"] for r in reports)}
+
+
+# ------------------------------------------------------------------ one measured run
+
+def measure(bed: str, host: str, creds, kind: str, qos: int, rate, count: int, settle_s: float, workers: int,
+            profile_s: float, out: Path) -> dict:
+    since = time.time()
+    devices = ",".join(c.device_id for c in creds)
+    timeout = max(120.0, count / 150)
+    proc = subprocess.Popen([str(TESTBED), "--bed", bed, "exec", PI, "python3", AGENT_ON_PI, "consume",
+                             "--kind", kind, "--count", str(count), "--since", f"{since:.3f}", "--devices", devices,
+                             "--timeout", str(timeout), "--settle", str(settle_s)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if line.strip() != "READY":
+        proc.kill()
+        raise BenchError(f"{kind}: the agent did not get ready: {line}{proc.stderr.read()[-2000:]}")
+    profiler = {}
+
+    def start_profile():
+        if profile_s:
+            profiler["proc"] = start_py_spy(bed, profile_s, out)
+
+    published = publish(creds, host, qos, count, None if rate == "max" else float(rate), workers, start_profile)
+    proc.stdin.write(json.dumps({"last": published["last"], "count": published["count"]}) + "\n")
+    proc.stdin.flush()
+    stdout, stderr = proc.communicate(timeout=timeout + 120)
+    if proc.returncode != 0:
+        raise BenchError(f"{kind} qos {qos} at {rate}: agent failed: {stderr[-2000:]}")
+    report = json.loads(stdout.strip().splitlines()[-1])
+    report.update(qos=qos, rate=rate, published=published["count"], accepted=published["accepted"],
+                  publish_msg_per_s=published["publish_msg_per_s"])
+    if "proc" in profiler:
+        report["profile"] = finish_py_spy(profiler["proc"], out)
+    return report
+
+
+# ------------------------------------------------------------------ profiling
+
+def start_py_spy(bed: str, seconds: float, out: Path):
+    pid = testbed(bed, "exec", PI, "systemctl", "show", "-P", "MainPID", "datayoti-ingestor").stdout.strip()
+    host_pid = container_to_host_pid(bed, int(pid))
+    py_spy = shutil.which("py-spy", path=f"{VENV_BIN}:{os.environ['PATH']}")
+    if not py_spy or not host_pid:
+        return None
+    return subprocess.Popen([py_spy, "record", "--pid", str(host_pid), "--duration", str(int(seconds)),
+                             "--format", "raw", "--output", str(out / "profile-ours.txt"), "--nonblocking"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def container_to_host_pid(bed: str, pid: int) -> int | None:
+    """The host's pid of a process the Pi calls `pid` (NSpid in /proc/*/status)."""
+    leader = json.loads(testbed(bed, "status").stdout)["hosts"][PI]["pid"]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("NSpid:"):
+                ids = line.split()[1:]
+                if len(ids) >= 2 and int(ids[-1]) == pid and is_descendant(int(entry.name), int(leader)):
+                    return int(entry.name)
+    return None
+
+
+def is_descendant(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return False
+
+
+def finish_py_spy(proc, out: Path) -> dict:
+    if proc is None:
+        return {"error": "py-spy or the ingestor's pid not found"}
+    _, stderr = proc.communicate(timeout=120)
+    path = out / "profile-ours.txt"
+    if proc.returncode != 0 or not path.exists():
+        return {"error": stderr.strip()[-500:]}
+    return {"top_self": top_frames(path.read_text()), "raw": str(path)}
+
+
+def top_frames(collapsed: str, limit: int = 8) -> list[dict]:
+    """Self time per function from py-spy's collapsed stacks ('a;b;c 12' lines)."""
+    self_samples: Counter = Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, samples = line.rpartition(" ")
+        if not stack or not samples.isdigit():
+            continue
+        leaf = stack.split(";")[-1]
+        self_samples[leaf] += int(samples)
+        total += int(samples)
+    return [{"frame": frame, "share": n / total} for frame, n in self_samples.most_common(limit)] if total else []
+
+
+# ------------------------------------------------------------------ report
+
+def per_reading(pg: dict, stored: int) -> dict:
+    if not stored:
+        return {"wal": None, "data": None, "total": None}
+    return {"wal": pg["wal_bytes"] / stored, "data": pg["data_bytes"] / stored,
+            "total": (pg["wal_bytes"] + pg["data_bytes"]) / stored}
+
+
+def ratio(a, b):
+    return a / b if a and b else None
+
+
+def summarize(runs: list[dict], copy: dict, queries: dict) -> dict:
+    """Ratios and targets from the raw measurements."""
+    def pick(kind, qos, rate):
+        return next((r for r in runs if r["kind"] == kind and r["qos"] == qos and r["rate"] == rate), None)
+
+    ratios, targets = {}, []
+    for qos in (0, 1):
+        ours, limit_a, naive = pick("ours", qos, "max"), pick("plain", qos, "max"), pick("naive", qos, "max")
+        ratios[f"qos{qos} ours / limit A"] = ratio(ours["msg_per_s"], limit_a["msg_per_s"])
+        ratios[f"qos{qos} ours / naive"] = ratio(ours["msg_per_s"], naive["msg_per_s"])
+        ratios[f"qos{qos} bytes per reading, ours / naive"] = ratio(ours["bytes_per_reading"]["total"],
+                                                                    naive["bytes_per_reading"]["total"])
+        ratios[f"qos{qos} ours / limit B (COPY)"] = ratio(ours["msg_per_s"], copy["msg_per_s"])
+        at_1000 = pick("ours", qos, 1000)
+        steady = [r for r in runs if r["kind"] == "ours" and r["qos"] == qos and r["rate"] != "max"]
+        targets += [
+            target(f"qos{qos}: ours >= 60% of limit A", ratios[f"qos{qos} ours / limit A"],
+                   TARGETS["ours_vs_limit_a"], "≥"),
+            target(f"qos{qos}: ours >= 10x naive", ratios[f"qos{qos} ours / naive"], TARGETS["ours_vs_naive"], "≥"),
+            target(f"qos{qos}: p99 <= 50 ms at 1,000 msg/s", at_1000["latency"]["p99_ms"],
+                   TARGETS["p99_at_1000_ms"], "≤"),
+            target(f"qos{qos}: ingestor RSS <= 40 MB at saturation", mb(ours["rss_peak_kb"]),
+                   TARGETS["ingestor_rss_mb"], "≤"),
+            target(f"qos{qos}: PostgreSQL <= 400 bytes per reading (steady)",
+                   max((r["bytes_per_reading"]["total"] or 0) for r in steady), TARGETS["bytes_per_reading"], "≤"),
+            target(f"qos{qos}: stack (PostgreSQL + Mosquitto + ingestor) <= 250 MB under load",
+                   mb(ours["stack_pss_peak_kb"]), TARGETS["stack_rss_mb"], "≤"),
+        ]
+    for q in queries["queries"]:
+        ratios[f"{q['query']}: rollup / raw"] = ratio(q["rollup"]["median_ms"], q["raw"]["median_ms"])
+        targets.append(target(f"dashboard '{q['query']}' <= 50 ms", q["rollup"]["median_ms"],
+                              TARGETS["dashboard_query_ms"], "≤"))
+    return {"ratios": ratios, "targets": targets}
+
+
+def mb(kb):
+    return kb / 1024 if kb else None
+
+
+def target(name: str, value, limit: float, sense: str) -> dict:
+    met = value is not None and (value >= limit if sense == "≥" else value <= limit)
+    return {"target": name, "value": value, "limit": limit, "met": met}
+
+
+def fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def render_table(report: dict) -> str:
+    names = {"plain": "limit A (mosquitto_sub)", "naive": "naive (row/commit)", "ours": "ours (datayoti-ingestor)"}
+    lines = [f"DataYoti Edge benchmark, {report['started']} ({report['mode']}), "
+             f"data set {report['dataset']['rows']:,} rows",
+             "",
+             f"{'consumer':<26}{'qos':>4}{'rate':>6}{'msgs':>7}{'stored':>7}{'msg/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+             f"{'max ms':>9}{'RSS pk MB':>10}{'RSS st MB':>10}{'CPU s/1k':>9}{'B/read':>8}{'stack MB':>9}"]
+    for r in report["runs"]:
+        lat = r["latency"]
+        cpu = r["cpu_s"] / r["stored"] * 1000 if r.get("stored") and r.get("cpu_s") is not None else None
+        lines.append(
+            f"{names[r['kind']]:<26}{r['qos']:>4}{str(r['rate']):>6}{r['published']:>7}{r['stored']:>7}"
+            f"{fmt(r['msg_per_s'], 0):>9}{fmt(lat['p50_ms']):>9}{fmt(lat['p99_ms']):>9}{fmt(lat['max_ms']):>9}"
+            f"{fmt(mb(r['rss_peak_kb'])):>10}{fmt(mb(r['rss_steady_kb'])):>10}{fmt(cpu, 2):>9}"
+            f"{fmt(r['bytes_per_reading']['total'], 0):>8}{fmt(mb(r['stack_pss_peak_kb'])):>9}")
+    c = report["copy"]
+    lines.append(f"{'limit B (COPY)':<26}{'-':>4}{'-':>6}{c['stored']:>7}{c['stored']:>7}{fmt(c['msg_per_s'], 0):>9}"
+                 f"{'':>57}{fmt(c['bytes_per_reading']['total'], 0):>8}")
+    lines += ["", f"{'dashboard query (median of 5)':<34}{'raw ms':>10}{'rollup ms':>11}{'rows raw':>10}"
+                  f"{'rows rollup':>12}"]
+    for q in report["queries"]["queries"]:
+        lines.append(f"{q['query']:<34}{fmt(q['raw']['median_ms']):>10}{fmt(q['rollup']['median_ms']):>11}"
+                     f"{q['raw']['rows']:>10}{q['rollup']['rows']:>12}")
+    profile = report.get("profile") or {}
+    if profile.get("top_self"):
+        lines += ["", "ours at saturation, py-spy self time:"]
+        lines += [f"  {p['share']:6.1%}  {p['frame']}" for p in profile["top_self"]]
+    elif profile:
+        lines += ["", f"py-spy: {profile.get('error')}"]
+    lines += ["", "ratios (same run):"]
+    lines += [f"  {name:<52}{fmt(value, 2):>10}" for name, value in report["summary"]["ratios"].items()]
+    lines += ["", "targets:"]
+    for t in report["summary"]["targets"]:
+        lines.append(f"  {'MET ' if t['met'] else 'MISSED'}  {t['target']:<66}{fmt(t['value'], 2):>10}")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ main
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="a few seconds of load: checks the report's shape")
+    parser.add_argument("--bed", default="bench", help="test bed name (default: bench)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench-report", help="report directory")
+    parser.add_argument("--days", type=int, help="days of history for the dashboards (default 365, smoke 1)")
+    parser.add_argument("--memory", type=int, default=1024, help="the simulated Pi's RAM in MB (default 1024)")
+    parser.add_argument("--publishers", type=int, default=2, help="publishing processes (default 2)")
+    parser.add_argument("--down", action="store_true", help="remove the simulated Pi afterwards")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+    validate(args)
+    steps = plan(args.smoke)
+    days = args.days or steps["days"]
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def log(message: str) -> None:
+        print(f"bench: {message}", file=sys.stderr, flush=True)
+
+    report = {"started": datetime.now(UTC).isoformat(timespec="seconds"), "mode": "smoke" if args.smoke else "full",
+              "targets": TARGETS}
+    pi = ensure_pi(args.bed, args.memory, log)
+    with tempfile.TemporaryDirectory() as tmp:
+        creds = fetch_credentials(args.bed, Path(tmp))
+    devices = ",".join(c.device_id for c in creds)
+    log(f"data set: {SENSORS} sensors x {days} days, one reading a minute")
+    report["dataset"] = agent(args.bed, "dataset", "--days", str(days), "--devices", devices, as_postgres=True)
+    runs = []
+    for qos in (0, 1):
+        for rate, count in steps["rates"].items():
+            for kind in ("plain", "naive", "ours"):
+                log(f"qos {qos}, {rate} msg/s, {count} readings -> {kind}")
+                profile_s = steps["profile_s"] if (kind, qos, rate) == ("ours", 1, "max") else 0
+                r = measure(args.bed, pi["address"], creds, kind, qos, rate, count, steps["settle_s"],
+                            args.publishers, profile_s, args.out)
+                r["bytes_per_reading"] = per_reading(r["pg"], r["stored"])
+                runs.append(r)
+                if "profile" in r:
+                    report["profile"] = r.pop("profile")
+    report["runs"] = runs
+    log(f"limit B: COPY {steps['copy_rows']} rows")
+    copy = agent(args.bed, "copy", "--count", str(steps["copy_rows"]), "--devices", devices,
+                 "--settle", str(steps["settle_s"]), as_postgres=True)
+    copy["bytes_per_reading"] = per_reading(copy["pg"], copy["stored"])
+    report["copy"] = copy
+    log("dashboard queries")
+    report["queries"] = agent(args.bed, "queries", "--device", creds[0].device_id, "--site", "SITE_001",
+                              "--ends", str(report["dataset"]["ends"]), "--runs", str(steps["query_runs"]))
+    report["summary"] = summarize(runs, copy, report["queries"])
+    if args.down:
+        testbed(args.bed, "down")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench: error: run as root (the test bed makes namespaces and containers)", file=sys.stderr)
+        return 2
+    try:
+        report = run(args)
+    except (BenchError, ValueError) as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 1
+    table = render_table(report)
+    (args.out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (args.out / "report.txt").write_text(table)
+    print(table)
+    print(f"bench: wrote {args.out / 'report.json'} and {args.out / 'report.txt'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

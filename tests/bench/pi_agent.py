@@ -1,0 +1,648 @@
+#!/usr/bin/env python3
+"""The benchmark's hands on the simulated Pi.
+
+The controller (tests/bench/bench.py) copies this file to the Pi and runs it
+there with the Pi's own python3 (Debian's paho-mqtt and psycopg2), as root:
+
+  consume --kind plain|naive|ours   measure one consumer of a live stream
+  naive-ingestor                    the original stack's way: a row per message, autocommit
+  copy --count N                    limit B: COPY N stream-like rows straight into sensor_data
+  dataset --days D                  50 sensors x D days at one reading a minute, by COPY
+  queries                           time the dashboards' queries, raw and through the rollups
+
+`consume` prints READY once its consumer listens, then reads one JSON line on
+stdin: the last timestamp each device published. Every command ends by printing
+one JSON object on its last line of stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+SECRETS = "/etc/datayoti/secrets"
+SERVICE = "datayoti-ingestor.service"
+DB = "datayoti_db"
+POLL_EVERY_S = 0.02
+SAMPLE_EVERY_S = 0.25
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+DATA_TOPIC = "datayoti/sensor/+/data"
+
+
+# ------------------------------------------------------------------ pure helpers
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile, q in [0, 100]."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def latency_summary(latencies_s: list[float]) -> dict:
+    """p50 / p99 / max in milliseconds."""
+    ms = [v * 1000 for v in latencies_s]
+    return {"p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99), "max_ms": max(ms) if ms else None,
+            "samples": len(ms)}
+
+
+def commit_times(rows: list[tuple[str, float]], timeline: list[tuple[float, dict[str, float]]]
+                 ) -> list[tuple[float, float]]:
+    """(publish time, first seen committed) for each row seen in `timeline`.
+
+    `timeline` holds (poll time, {device: newest committed publish time}). A
+    device's messages are stored in publish order, so a row is committed once its
+    device's watermark reaches its publish time.
+    """
+    by_device: dict[str, list[float]] = {}
+    for device, published in rows:
+        by_device.setdefault(device, []).append(published)
+    for stamps in by_device.values():
+        stamps.sort()
+    cursor = dict.fromkeys(by_device, 0)
+    seen: list[tuple[float, float]] = []
+    for polled_at, marks in timeline:
+        for device, mark in marks.items():
+            stamps = by_device.get(device, [])
+            i = cursor.get(device, 0)
+            while i < len(stamps) and stamps[i] <= mark:
+                seen.append((stamps[i], polled_at))
+                i += 1
+            cursor[device] = i
+    return seen
+
+
+def rate(count: int, first: float | None, last: float | None) -> float | None:
+    if not count or first is None or last is None or last <= first:
+        return None
+    return count / (last - first)
+
+
+def parse_mosquitto_sub_line(line: str) -> tuple[str, float, float] | None:
+    """'<receipt %U> <payload>' -> (device, published, received), None for a line that is not a reading."""
+    received, _, payload = line.partition(" ")
+    try:
+        message = json.loads(payload)
+        return message["device_id"], iso_seconds(message["timestamp"]), float(received)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def iso_seconds(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def reading_row(device: str, site: str, at: datetime, minute_index: int, device_index: int) -> str:
+    """One COPY text line of plausible indoor readings: a daily wave plus a little noise."""
+    phase = (minute_index % 1440) / 1440 * 2 * math.pi
+    wobble = ((minute_index * 7919 + device_index * 104729) % 1000) / 1000 - 0.5
+    temperature = round(21 + 3 * math.sin(phase) + device_index % 5 * 0.4 + wobble, 1)
+    humidity = round(50 - 8 * math.sin(phase) + device_index % 7 + wobble * 2, 1)
+    stamp = at.isoformat()
+    return f"{stamp}\t{device}\t{site}\t{temperature}\t{humidity}\t{stamp}\n"
+
+
+def site_of(device_index: int, sites: int) -> str:
+    return f"SITE_{device_index % sites + 1:03d}"
+
+
+# ------------------------------------------------------------------ the Pi
+
+def secret(name: str) -> str:
+    with open(f"{SECRETS}/{name}.password") as handle:
+        return handle.read().strip()
+
+
+def connect(role: str):
+    """A connection as `role` over TCP with its password, or as postgres over the socket."""
+    import psycopg2
+
+    if role == "postgres":
+        conn = psycopg2.connect(dbname=DB)
+    else:
+        conn = psycopg2.connect(host="127.0.0.1", dbname=DB, user=role, password=secret(f"postgresql-{role}"),
+                                application_name=f"datayoti-bench-{role}")
+    return conn
+
+
+def as_postgres(command: list[str]) -> list[str]:
+    """`command` run as the postgres user, who gets in by peer authentication."""
+    import pwd
+
+    if pwd.getpwuid(os.geteuid()).pw_name == "postgres":
+        return command
+    return ["runuser", "-u", "postgres", "--", *command]
+
+
+def as_postgres_sql(query: str) -> str:
+    """Run SQL as the postgres superuser, return unaligned output."""
+    result = subprocess.run(as_postgres(["psql", "-d", DB, "-qAtX", "-v", "ON_ERROR_STOP=1"]),
+                            input=query, text=True, capture_output=True, cwd="/", check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"psql failed: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+PG_WRITES = """
+SELECT (SELECT wal_bytes FROM pg_stat_wal),
+       (SELECT wal_write FROM pg_stat_wal),
+       (SELECT coalesce(sum((coalesce(writes, 0) + coalesce(extends, 0)) * op_bytes), 0)
+          FROM pg_stat_io WHERE object = 'relation')
+"""
+
+
+def pg_write_counters(settle_s: float) -> dict:
+    """WAL and data bytes written so far, after a checkpoint has written the dirty pages out."""
+    as_postgres_sql("CHECKPOINT;")
+    time.sleep(settle_s)  # backends flush their statistics when idle, within 10 s
+    wal_bytes, wal_writes, data_bytes = (int(float(v)) for v in as_postgres_sql(PG_WRITES).split("|"))
+    return {"wal_bytes": wal_bytes, "wal_writes": wal_writes, "data_bytes": data_bytes}
+
+
+def proc_cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_status_kb(pid: int, key: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def stack_pids(consumer_pid: int | None) -> list[int]:
+    """PostgreSQL, Mosquitto and the consumer: the whole stack but Grafana."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as handle:
+                comm = handle.read().strip()
+        except OSError:
+            continue
+        if comm in ("postgres", "mosquitto") or int(entry) == consumer_pid:
+            pids.append(int(entry))
+    return pids
+
+
+def pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class MemorySampler(threading.Thread):
+    """Samples the consumer's RSS and the stack's PSS until stopped."""
+
+    def __init__(self, pid: int | None):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.rss_kb: list[int] = []
+        self.stack_kb: list[int] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(SAMPLE_EVERY_S):
+            if self.pid:
+                rss = proc_status_kb(self.pid, "VmRSS")
+                if rss:
+                    self.rss_kb.append(rss)
+            self.stack_kb.append(sum(pss_kb(p) for p in stack_pids(self.pid)))
+
+
+def systemctl(*args: str) -> str:
+    return subprocess.run(["systemctl", *args], text=True, capture_output=True, check=False).stdout.strip()
+
+
+def wait_child(pid: int, grace_s: float):
+    """wait4 the child, interrupting it once it has had `grace_s` to finish."""
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:
+            return done, status, usage
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGINT)
+    return os.wait4(pid, 0)
+
+
+def ingestor_pid() -> int:
+    return int(systemctl("show", "-P", "MainPID", SERVICE) or 0)
+
+
+def wait_ingestor_idle(quiet_s: float = 1.5, limit_s: float = 600) -> None:
+    """Start the ingestor and let it drain what its session queued while it was stopped."""
+    systemctl("start", SERVICE)
+    deadline = time.monotonic() + limit_s
+    conn = connect("grafana_reader")
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            while time.monotonic() < deadline:
+                cur.execute("SELECT extract(epoch FROM now() - max(last_data_at)) FROM devices")
+                idle = cur.fetchone()[0]
+                if systemctl("is-active", SERVICE) == "active" and (idle is None or idle > quiet_s):
+                    return
+                time.sleep(0.25)
+    finally:
+        conn.close()
+    raise RuntimeError("the ingestor did not drain its queue")
+
+
+# ------------------------------------------------------------------ consumers
+
+def watermark_poller(devices: list[str], since: float):
+    """A function returning {device: newest committed publish time since `since`}."""
+    conn = connect("grafana_reader")
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute(
+        "PREPARE newest(text[], timestamptz) AS "
+        "SELECT d, (SELECT extract(epoch FROM s.time) FROM sensor_data s "
+        "           WHERE s.device_id = d AND s.time >= $2 ORDER BY s.time DESC LIMIT 1) "
+        "FROM unnest($1) d")
+    start = datetime.fromtimestamp(since, tz=UTC)
+
+    def poll() -> dict[str, float]:
+        cur.execute("EXECUTE newest(%s, %s)", (devices, start))
+        return {d: float(t) for d, t in cur.fetchall() if t is not None}
+
+    def rows() -> list[tuple[str, float]]:
+        cur.execute("SELECT device_id, extract(epoch FROM time) FROM sensor_data "
+                    "WHERE device_id = ANY(%s) AND time >= %s", (devices, start))
+        return [(d, float(t)) for d, t in cur.fetchall()]
+
+    return poll, rows, conn
+
+
+def read_published(stdin_timeout_s: float) -> dict:
+    """The controller's end-of-stream line: {"last": {device: epoch}, "count": n}."""
+    result: dict = {}
+
+    def reader():
+        line = sys.stdin.readline()
+        if line:
+            result.update(json.loads(line))
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    thread.join(stdin_timeout_s)
+    if not result:
+        raise RuntimeError("no end-of-stream line from the controller")
+    return result
+
+
+def consume(args: argparse.Namespace) -> dict:
+    devices = args.devices.split(",")
+    since = args.since
+    report: dict = {"kind": args.kind}
+    if args.kind == "ours":
+        wait_ingestor_idle()
+    else:
+        systemctl("stop", SERVICE)
+    before = pg_write_counters(args.settle)
+    child = None
+    if args.kind == "ours":
+        pid = ingestor_pid()
+    elif args.kind == "naive":
+        child = subprocess.Popen([sys.executable, __file__, "naive-ingestor"], stdout=subprocess.DEVNULL)
+        pid = child.pid
+    else:
+        out = open("/run/datayoti-bench/plain.out", "w")  # noqa: SIM115 - closed below
+        child = subprocess.Popen(
+            ["mosquitto_sub", "-h", "localhost", "-p", "1883", "-u", "datayoti_ingestor",
+             "-P", secret("mqtt-datayoti_ingestor"), "-i", "datayoti-bench-plain", "-q", "1",
+             "-t", DATA_TOPIC, "-F", "%U %p", "-C", str(args.count), "-W", str(int(args.timeout))],
+            stdout=out)
+        pid = child.pid
+    time.sleep(1.0)  # the consumer subscribes
+    cpu_before = proc_cpu_s(pid) if args.kind != "plain" else 0.0
+    sampler = MemorySampler(pid)
+    sampler.start()
+    timeline: list[tuple[float, dict[str, float]]] = []
+    print("READY", flush=True)
+    try:
+        if args.kind == "plain":
+            published = read_published(args.timeout)
+            _, status, usage = wait_child(child.pid, grace_s=30)
+            out.close()
+            report["cpu_s"] = usage.ru_utime + usage.ru_stime
+            report["rss_peak_kb"] = usage.ru_maxrss
+            report["exit_status"] = os.waitstatus_to_exitcode(status)
+            with open("/run/datayoti-bench/plain.out") as received:
+                got = [x for x in map(parse_mosquitto_sub_line, received) if x]
+            latencies = [received - sent for _, sent, received in got]
+            report["stored"] = len(got)
+            first = min((sent for _, sent, _ in got), default=None)
+            last = max((received for _, _, received in got), default=None)
+        else:
+            poll, rows, conn = watermark_poller(devices, since)
+            try:
+                published = None
+                deadline = time.monotonic() + args.timeout
+                reader_result: dict = {}
+                reader = threading.Thread(target=lambda: reader_result.update(read_published(args.timeout)),
+                                          daemon=True)
+                reader.start()
+                while time.monotonic() < deadline:
+                    marks = poll()
+                    timeline.append((time.time(), marks))
+                    if reader_result:
+                        published = reader_result
+                        if all(marks.get(d, 0) >= t for d, t in published["last"].items()):
+                            break
+                    time.sleep(POLL_EVERY_S)
+                stored = rows()
+            finally:
+                conn.close()
+            pairs = commit_times(stored, timeline)
+            latencies = [seen - sent for sent, seen in pairs]
+            report["stored"] = len(stored)
+            first = min((sent for sent, _ in pairs), default=None)
+            last = max((seen for _, seen in pairs), default=None)
+            report["cpu_s"] = proc_cpu_s(pid) - cpu_before
+            report["rss_peak_kb"] = proc_status_kb(pid, "VmHWM")
+    finally:
+        sampler.done.set()
+        sampler.join()
+        if child is not None and args.kind == "naive":
+            child.send_signal(signal.SIGTERM)
+            child.wait(30)
+    report["expected"] = (published or {}).get("count")
+    report["msg_per_s"] = rate(report["stored"], first, last)
+    report["latency"] = latency_summary(latencies)
+    report["rss_steady_kb"] = statistics.median(sampler.rss_kb) if sampler.rss_kb else None
+    if args.kind == "plain" and sampler.rss_kb:
+        report["rss_peak_kb"] = max(report["rss_peak_kb"], max(sampler.rss_kb))
+    report["stack_pss_peak_kb"] = max(sampler.stack_kb, default=None)
+    after = pg_write_counters(args.settle)
+    report["pg"] = {k: after[k] - before[k] for k in before}
+    return report
+
+
+def naive_ingestor(_: argparse.Namespace) -> dict:
+    """The original stack's ingestor: on_message -> INSERT, autocommit, one row at a time."""
+    import paho.mqtt.client as mqtt
+
+    conn = connect("mqtt_ingestor")
+    conn.autocommit = True
+    cur = conn.cursor()
+    stop = threading.Event()
+
+    def on_connect(client, userdata, flags, reason_code, properties):
+        client.subscribe(DATA_TOPIC, qos=1)
+
+    def on_message(client, userdata, message):
+        try:
+            reading = json.loads(message.payload)
+            cur.execute("INSERT INTO sensor_data (time, device_id, temperature, humidity) VALUES (%s, %s, %s, %s) "
+                        "ON CONFLICT DO NOTHING",
+                        (reading["timestamp"], reading["device_id"], reading["temperature"], reading["humidity"]))
+        except (ValueError, KeyError) as exc:
+            print(f"naive: skipped a message: {exc}", file=sys.stderr)
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="datayoti-bench-naive")
+    client.username_pw_set("datayoti_ingestor", secret("mqtt-datayoti_ingestor"))
+    client.on_connect = on_connect
+    client.on_message = on_message
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    client.connect("localhost", 1883)
+    client.loop_start()
+    stop.wait()
+    client.disconnect()
+    client.loop_stop()
+    conn.close()
+    return {"stopped": True}
+
+
+# ------------------------------------------------------------------ COPY and the dashboards' data set
+
+COPY_COLUMNS = "sensor_data (time, device_id, site_id, temperature, humidity, reception_time)"
+
+
+def copy_load(args: argparse.Namespace) -> dict:
+    """Limit B: COPY `count` stream-like rows (a second apart per device, an hour ago) and commit."""
+    devices = args.devices.split(",")
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1, milliseconds=-7)
+    buffer = io.StringIO()
+    for i in range(args.count):
+        device_index = i % len(devices)
+        at = start + timedelta(milliseconds=(i // len(devices)) * 20 + 1)
+        buffer.write(reading_row(devices[device_index], site_of(device_index, 5), at, i, device_index))
+    data = buffer.getvalue()
+    before = pg_write_counters(args.settle)
+    conn = connect("postgres")
+    began = time.monotonic()
+    with conn.cursor() as cur:
+        cur.copy_expert(f"COPY {COPY_COLUMNS} FROM STDIN", io.StringIO(data))
+    conn.commit()
+    seconds = time.monotonic() - began
+    after = pg_write_counters(args.settle)
+    with conn.cursor() as cur:  # these rows bypassed the rollups: take them out again
+        end = start + timedelta(milliseconds=(args.count // len(devices) + 1) * 20 + 1)
+        cur.execute("DELETE FROM sensor_data WHERE device_id = ANY(%s) AND time BETWEEN %s AND %s",
+                    (devices, start, end))
+    conn.commit()
+    conn.close()
+    return {"kind": "copy", "stored": args.count, "seconds": seconds, "msg_per_s": args.count / seconds,
+            "pg": {k: after[k] - before[k] for k in before}}
+
+
+def dataset(args: argparse.Namespace) -> dict:
+    """50 sensors x `days` at one reading a minute, ending now, plus their rollups; reused when present."""
+    devices = args.devices.split(",")
+    conn = connect("postgres")
+    with conn.cursor() as cur:
+        cur.execute("CREATE SCHEMA IF NOT EXISTS bench; CREATE TABLE IF NOT EXISTS bench.dataset "
+                    "(days int, devices int, rows bigint, ends timestamptz, seconds float8)")
+        cur.execute("SELECT days, devices, rows, extract(epoch FROM ends), seconds FROM bench.dataset")
+        found = cur.fetchone()
+        conn.commit()
+        if found and found[0] == args.days and found[1] == len(devices):
+            conn.close()
+            return {"reused": True, "days": found[0], "rows": found[2], "ends": found[3], "load_seconds": found[4]}
+        cur.execute("TRUNCATE sensor_data, rollup_semi_hourly, rollup_hourly, device_heartbeats, bench.dataset")
+        sites = sorted({site_of(i, 5) for i in range(len(devices))})
+        cur.execute("INSERT INTO sites (site_id, site_name) SELECT s, s FROM unnest(%s::text[]) s "
+                    "ON CONFLICT DO NOTHING", (sites,))
+        cur.execute("INSERT INTO devices (device_id, site_id) SELECT * FROM unnest(%s::text[], %s::text[]) "
+                    "ON CONFLICT (device_id) DO UPDATE SET site_id = excluded.site_id",
+                    (devices, [site_of(i, 5) for i in range(len(devices))]))
+        conn.commit()
+    ends = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=1)
+    begins = ends - timedelta(days=args.days)
+    began = time.monotonic()
+    rows = 0
+    day = begins
+    while day < ends:
+        chunk = io.StringIO()
+        minute = int((day - begins).total_seconds() // 60)
+        at = day
+        day_end = min(day + timedelta(days=1), ends)
+        while at < day_end:
+            for i, device in enumerate(devices):
+                chunk.write(reading_row(device, site_of(i, 5), at, minute, i))
+            rows += len(devices)
+            at += timedelta(minutes=1)
+            minute += 1
+        chunk.seek(0)
+        with conn.cursor() as cur:
+            cur.copy_expert(f"COPY {COPY_COLUMNS} FROM STDIN", chunk)
+        conn.commit()
+        day = day_end
+    copy_seconds = time.monotonic() - began
+    with conn.cursor() as cur:
+        for table, width in (("rollup_semi_hourly", "30 minutes"), ("rollup_hourly", "1 hour")):
+            cur.execute(f"""
+                INSERT INTO {table} SELECT device_id, time_bucket(INTERVAL '{width}', time), count(*),
+                    sum(temperature), min(temperature), max(temperature),
+                    sum(humidity), min(humidity), max(humidity)
+                FROM sensor_data GROUP BY 1, 2""")
+        # A week of heartbeats, one a minute, for device_health.
+        cur.execute("""
+            INSERT INTO device_heartbeats (time, device_id, site_id, rssi, free_heap, uptime, min_heap, ntp_sync,
+                                           reception_time)
+            SELECT t, d.device_id, d.site_id, -60, 180000, extract(epoch FROM t - %(begins)s)::bigint, 150000, true, t
+            FROM devices d, generate_series(%(ends)s - INTERVAL '7 days', %(ends)s, INTERVAL '1 minute') t
+            WHERE d.device_id = ANY(%(devices)s)""", {"begins": begins, "ends": ends, "devices": devices})
+        cur.execute("UPDATE devices SET last_data_at = %s, last_heartbeat_at = %s WHERE device_id = ANY(%s)",
+                    (ends, ends, devices))
+        conn.commit()
+        seconds = time.monotonic() - began
+        cur.execute("INSERT INTO bench.dataset VALUES (%s, %s, %s, %s, %s)", (args.days, len(devices), rows, ends,
+                                                                            seconds))
+        conn.commit()
+    conn.close()
+    subprocess.run(as_postgres(["vacuumdb", "-q", "--analyze", "-d", DB]), cwd="/", check=True)
+    return {"reused": False, "days": args.days, "rows": rows, "ends": ends.timestamp(), "load_seconds": seconds,
+            "copy_rows_per_s": rows / copy_seconds}
+
+
+def dashboard_queries(device: str, site: str, ends: datetime) -> list[tuple[str, str, str, dict]]:
+    """(name, raw SQL, rollup/view SQL, parameters): what the dashboards ask, both ways."""
+    params = {"device": device, "site": site, "ends": ends}
+    return [
+        ("latest reading per device",
+         "SELECT DISTINCT ON (device_id) device_id, time, temperature, humidity FROM sensor_data "
+         "ORDER BY device_id, time DESC",
+         "SELECT * FROM latest_sensor_readings", params),
+        ("device health",
+         "SELECT device_id, max(time) AS last_heartbeat, CASE WHEN max(time) > now() - INTERVAL '5 minutes' "
+         "THEN 'online' WHEN max(time) > now() - INTERVAL '30 minutes' THEN 'warning' ELSE 'offline' END "
+         "FROM device_heartbeats GROUP BY device_id",
+         "SELECT * FROM device_health", params),
+        ("24 h raw, one device",
+         "SELECT time, temperature, humidity FROM sensor_data WHERE device_id = %(device)s "
+         "AND time > %(ends)s - INTERVAL '24 hours' ORDER BY time",
+         "SELECT bucket_start, avg_temperature, avg_humidity FROM sensor_data_semi_hourly "
+         "WHERE device_id = %(device)s AND bucket_start > %(ends)s - INTERVAL '24 hours' ORDER BY bucket_start",
+         params),
+        ("30 days hourly, all devices",
+         "SELECT time_bucket('1 hour', time) AS hour, device_id, avg(temperature), avg(humidity) FROM sensor_data "
+         "WHERE time > %(ends)s - INTERVAL '30 days' GROUP BY 1, 2 ORDER BY 1",
+         "SELECT bucket_start, device_id, avg_temperature, avg_humidity FROM sensor_data_hourly "
+         "WHERE bucket_start > %(ends)s - INTERVAL '30 days' ORDER BY 1",
+         params),
+        ("1 year daily, one site",
+         "SELECT time_bucket('1 day', time) AS day, avg(temperature), min(temperature), max(temperature) "
+         "FROM sensor_data WHERE site_id = %(site)s AND time > %(ends)s - INTERVAL '365 days' GROUP BY 1 ORDER BY 1",
+         "SELECT time_bucket('1 day', h.bucket_start) AS day, sum(h.sum_temperature) / sum(h.measurement_count), "
+         "min(h.min_temperature), max(h.max_temperature) FROM rollup_hourly h JOIN devices d USING (device_id) "
+         "WHERE d.site_id = %(site)s AND h.bucket_start > %(ends)s - INTERVAL '365 days' GROUP BY 1 ORDER BY 1",
+         params),
+    ]
+
+
+def time_query(cur, sql: str, params: dict, runs: int) -> dict:
+    cur.execute(sql, params)  # warm-up
+    rows = len(cur.fetchall())
+    times = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        cur.execute(sql, params)
+        cur.fetchall()
+        times.append((time.perf_counter() - began) * 1000)
+    return {"median_ms": statistics.median(times), "runs_ms": times, "rows": rows}
+
+
+def queries(args: argparse.Namespace) -> dict:
+    conn = connect("grafana_reader")
+    conn.autocommit = True
+    ends = datetime.fromtimestamp(args.ends, tz=UTC)
+    results = []
+    with conn.cursor() as cur:
+        for name, raw, rollup, params in dashboard_queries(args.device, args.site, ends):
+            results.append({"query": name, "raw": time_query(cur, raw, params, args.runs),
+                            "rollup": time_query(cur, rollup, params, args.runs)})
+    conn.close()
+    return {"queries": results}
+
+
+# ------------------------------------------------------------------ CLI
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("consume")
+    c.add_argument("--kind", choices=("plain", "naive", "ours"), required=True)
+    c.add_argument("--count", type=int, required=True)
+    c.add_argument("--since", type=float, required=True, help="epoch seconds the stream starts at")
+    c.add_argument("--devices", required=True)
+    c.add_argument("--timeout", type=float, default=300)
+    c.add_argument("--settle", type=float, default=11)
+    sub.add_parser("naive-ingestor")
+    p = sub.add_parser("copy")
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--devices", required=True)
+    p.add_argument("--settle", type=float, default=11)
+    d = sub.add_parser("dataset")
+    d.add_argument("--days", type=int, required=True)
+    d.add_argument("--devices", required=True)
+    q = sub.add_parser("queries")
+    q.add_argument("--device", required=True)
+    q.add_argument("--site", required=True)
+    q.add_argument("--ends", type=float, required=True)
+    q.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args(argv)
+    for name in ("count", "days", "runs"):
+        if getattr(args, name, 1) < 1:
+            parser.error(f"--{name} must be at least 1")
+    return args
+
+
+COMMANDS = {"consume": consume, "naive-ingestor": naive_ingestor, "copy": copy_load, "dataset": dataset,
+            "queries": queries}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.makedirs("/run/datayoti-bench", mode=0o755, exist_ok=True)
+    print(json.dumps(COMMANDS[args.command](args)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Issue 4: the benchmark runs end to end (smoke size) and writes a complete report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO, require_root
+
+BENCH = REPO / "tests" / "bench" / "bench.py"
+KINDS = {"plain", "naive", "ours"}
+
+
+def test_bench_smoke_writes_a_complete_report(tmp_path):
+    require_root()
+    result = subprocess.run([sys.executable, str(BENCH), "--smoke", "--bed", "bench-smoke", "--out", str(tmp_path),
+                             "--down"], text=True, capture_output=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    table = (tmp_path / "report.txt").read_text()
+
+    runs = report["runs"]
+    assert {(r["kind"], r["qos"], str(r["rate"])) for r in runs} == {
+        (k, q, r) for k in KINDS for q in (0, 1) for r in ("100", "1000", "max")}
+    for r in runs:
+        assert r["stored"] == r["published"], r  # nothing lost in any consumer
+        assert r["msg_per_s"] > 0 and r["latency"]["p99_ms"] is not None, r
+        assert r["cpu_s"] is not None and r["rss_peak_kb"] and r["stack_pss_peak_kb"], r
+        if r["kind"] != "plain":
+            assert r["pg"]["wal_bytes"] > 0 and r["bytes_per_reading"]["total"] > 0, r
+    assert report["copy"]["msg_per_s"] > 0
+    assert report["dataset"]["rows"] == 50 * 1440
+    assert [q["query"] for q in report["queries"]["queries"]] == [
+        "latest reading per device", "device health", "24 h raw, one device", "30 days hourly, all devices",
+        "1 year daily, one site"]
+    assert all(q["raw"]["median_ms"] > 0 and q["rollup"]["median_ms"] > 0 for q in report["queries"]["queries"])
+    assert "top_self" in report["profile"], report["profile"]
+    ratios = report["summary"]["ratios"]
+    for name in ("qos0 ours / limit A", "qos1 ours / naive", "qos1 bytes per reading, ours / naive"):
+        assert ratios[name] is not None, name
+    assert len(report["summary"]["targets"]) == 17
+    assert table.rstrip().splitlines()[-1].lstrip().startswith(("MET", "MISSED"))
+    assert "ratios (same run):" in table
