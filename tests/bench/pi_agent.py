@@ -157,6 +157,8 @@ def as_postgres_sql(query: str) -> str:
 PG_WRITES = """
 SELECT (SELECT wal_bytes FROM pg_stat_wal),
        (SELECT wal_write FROM pg_stat_wal),
+       (SELECT wal_records FROM pg_stat_wal),
+       (SELECT wal_fpi FROM pg_stat_wal),
        (SELECT coalesce(sum((coalesce(writes, 0) + coalesce(extends, 0)) * op_bytes), 0)
           FROM pg_stat_io WHERE object = 'relation')
 """
@@ -166,8 +168,8 @@ def pg_write_counters(settle_s: float) -> dict:
     """WAL and data bytes written so far, after a checkpoint has written the dirty pages out."""
     as_postgres_sql("CHECKPOINT;")
     time.sleep(settle_s)  # backends flush their statistics when idle, within 10 s
-    wal_bytes, wal_writes, data_bytes = (int(float(v)) for v in as_postgres_sql(PG_WRITES).split("|"))
-    return {"wal_bytes": wal_bytes, "wal_writes": wal_writes, "data_bytes": data_bytes}
+    values = (int(float(v)) for v in as_postgres_sql(PG_WRITES).split("|"))
+    return dict(zip(("wal_bytes", "wal_writes", "wal_records", "wal_fpi", "data_bytes"), values, strict=True))
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -483,7 +485,8 @@ def dataset(args: argparse.Namespace) -> dict:
         conn.commit()
         if found and found[0] == args.days and found[1] == len(devices):
             conn.close()
-            return {"reused": True, "days": found[0], "rows": found[2], "ends": found[3], "load_seconds": found[4]}
+            return {"reused": True, "days": found[0], "rows": found[2], "ends": float(found[3]),
+                    "load_seconds": found[4]}
         cur.execute("TRUNCATE sensor_data, rollup_semi_hourly, rollup_hourly, device_heartbeats, bench.dataset")
         sites = sorted({site_of(i, 5) for i in range(len(devices))})
         cur.execute("INSERT INTO sites (site_id, site_name) SELECT s, s FROM unnest(%s::text[]) s "

@@ -60,7 +60,7 @@ class DatabaseConfig:
 @dataclass(frozen=True)
 class BatchConfig:
     max_rows: int = 1000
-    max_delay_ms: int = 200
+    max_delay_ms: int = 20
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
 

@@ -7,6 +7,7 @@ reason and a human-readable detail; the caller turns it into one
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -91,7 +92,15 @@ Message = Reading | Heartbeat | Status
 
 def canonical_mac(text: str) -> str:
     """'1c-69-20-e9-18-24', '1C6920E91824' -> '1C:69:20:E9:18:24'; ValueError otherwise."""
-    if not isinstance(text, str) or not MAC_PATTERN.match(text):
+    if not isinstance(text, str):
+        raise ValueError(f"not a MAC address: {text!r}")
+    return _canonical_mac_text(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_mac_text(text: str) -> str:
+    """canonical_mac for a string; cached, because every message names its device twice."""
+    if not MAC_PATTERN.match(text):
         raise ValueError(f"not a MAC address: {text!r}")
     digits = re.sub(r"[:-]", "", text).upper()
     return ":".join(digits[i:i + 2] for i in range(0, 12, 2))

@@ -19,6 +19,11 @@ import psycopg2.extras
 
 from .messages import Heartbeat, Reading, Status
 
+# devices.last_data_at / last_heartbeat_at are rewritten at most this often per
+# device: device_health's thresholds are minutes, and each rewrite costs the SD
+# card a row version.
+TOUCH_EVERY_S = 30.0
+
 # Redelivered (dup) readings whose device clock was not believed are matched on
 # the device's own value within this window.
 REDELIVERY_WINDOW = "7 days"
@@ -74,7 +79,7 @@ inserted AS (
 seen AS (
     UPDATE devices d SET last_data_at = greatest(d.last_data_at, m.latest)
     FROM (SELECT device_id, max(reception_time) AS latest FROM incoming GROUP BY 1) m
-    WHERE d.device_id = m.device_id
+    WHERE d.device_id = m.device_id AND m.device_id = ANY(%(touch)s::text[])
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM seen)
@@ -105,7 +110,7 @@ inserted AS (
 seen AS (
     UPDATE devices d SET last_heartbeat_at = greatest(d.last_heartbeat_at, m.latest)
     FROM (SELECT device_id, max(reception_time) AS latest FROM incoming GROUP BY 1) m
-    WHERE d.device_id = m.device_id
+    WHERE d.device_id = m.device_id AND m.device_id = ANY(%(touch)s::text[])
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM seen)
@@ -169,6 +174,21 @@ class DeviceCache:
         self.known[device_id] = (site_id if site_id is not None else previous, now)
 
 
+@dataclass
+class TouchThrottle:
+    """Which devices' last-seen columns are due for a rewrite."""
+
+    every_s: float
+    written: dict[str, float] = field(default_factory=dict)
+
+    def due(self, device_ids: list[str], now: float) -> list[str]:
+        return sorted({d for d in device_ids if now - self.written.get(d, -self.every_s) >= self.every_s})
+
+    def mark(self, device_ids: list[str], now: float) -> None:
+        for d in device_ids:
+            self.written[d] = now
+
+
 def column(items, attr_path: str) -> list:
     values = []
     for item in items:
@@ -188,6 +208,8 @@ class Store:
         self.dsn = dsn
         self.payload_limit = payload_limit
         self.cache = DeviceCache(device_cache_ttl_s)
+        self.data_touch = TouchThrottle(TOUCH_EVERY_S)
+        self.heartbeat_touch = TouchThrottle(TOUCH_EVERY_S)
         self.conn = None
 
     def connect(self) -> None:
@@ -214,6 +236,7 @@ class Store:
         result = BatchResult()
         now = time.monotonic()
         pending_cache: list[tuple[str, str | None]] = []
+        touched: list[tuple[TouchThrottle, list[str]]] = []
         try:
             with self.conn.cursor() as cur:
                 beats = [m for m in batch if isinstance(m.parsed, Heartbeat)]
@@ -222,10 +245,16 @@ class Store:
                 rejects = [m for m in batch if m.parsed is None]
                 pending_cache = self._register_devices(cur, beats + readings + statuses, now)
                 if beats:
-                    cur.execute(INSERT_HEARTBEATS, self._heartbeat_params(beats))
+                    params = self._heartbeat_params(beats)
+                    params["touch"] = self.heartbeat_touch.due(params["device_id"], now)
+                    touched.append((self.heartbeat_touch, params["touch"]))
+                    cur.execute(INSERT_HEARTBEATS, params)
                     result.heartbeats = cur.fetchone()[0]
                 if readings:
-                    cur.execute(INSERT_READINGS, self._reading_params(readings))
+                    params = self._reading_params(readings)
+                    params["touch"] = self.data_touch.due(params["device_id"], now)
+                    touched.append((self.data_touch, params["touch"]))
+                    cur.execute(INSERT_READINGS, params)
                     result.readings = cur.fetchone()[0]
                 if statuses:
                     cur.execute(INSERT_STATUSES, self._status_params(statuses))
@@ -239,6 +268,8 @@ class Store:
             raise
         for device_id, site_id in pending_cache:
             self.cache.remember(device_id, site_id, now)
+        for throttle, device_ids in touched:
+            throttle.mark(device_ids, now)
         result.duplicates = len(batch) - len(rejects) - result.readings - result.heartbeats - result.statuses
         return result
 
