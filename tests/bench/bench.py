@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import random
@@ -128,8 +129,11 @@ def agent(bed: str, *args: str, timeout: float = 3600, as_postgres: bool = False
 # ------------------------------------------------------------------ publishing
 
 def unique_stamp(last: float, now: float) -> float:
-    """A millisecond timestamp after `last`: (device, time) stays unique at any rate."""
-    stamp = round(now, 3)
+    """A millisecond timestamp after `last`: (device, time) stays unique at any rate.
+
+    Rounded down, so that a latency measured from it is never under-stated.
+    """
+    stamp = math.floor(now * 1000) / 1000
     return stamp if stamp > last else round(last + 0.001, 3)
 
 

@@ -66,7 +66,7 @@ def test_agent_rejects_bad_arguments():
 
 
 def test_stamps_stay_unique_per_device():
-    assert bench.unique_stamp(0.0, 10.0004) == 10.0
+    assert bench.unique_stamp(0.0, 10.0009) == 10.0
     assert bench.unique_stamp(10.0, 10.0002) == 10.001
     assert bench.unique_stamp(10.001, 10.0) == 10.002
 
