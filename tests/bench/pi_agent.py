@@ -553,8 +553,8 @@ def dashboard_queries(device: str, site: str, ends: datetime) -> list[tuple[str,
     params = {"device": device, "site": site, "ends": ends}
     return [
         ("latest reading per device",
-         "SELECT DISTINCT ON (device_id) device_id, time, temperature, humidity FROM sensor_data "
-         "ORDER BY device_id, time DESC",
+         "SELECT s.device_id, s.time, s.temperature, s.humidity FROM sensor_data s "
+         "JOIN (SELECT device_id, max(time) AS time FROM sensor_data GROUP BY device_id) m USING (device_id, time)",
          "SELECT * FROM latest_sensor_readings", params),
         ("device health",
          "SELECT device_id, max(time) AS last_heartbeat, CASE WHEN max(time) > now() - INTERVAL '5 minutes' "
@@ -583,16 +583,35 @@ def dashboard_queries(device: str, site: str, ends: datetime) -> list[tuple[str,
     ]
 
 
+class RowCounter(io.RawIOBase):
+    """A sink for COPY TO STDOUT that only counts the rows."""
+
+    def __init__(self):
+        self.rows = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.rows += bytes(data).count(b"\n")
+        return len(data)
+
+
 def time_query(cur, sql: str, params: dict, runs: int) -> dict:
-    cur.execute(sql, params)  # warm-up
-    rows = len(cur.fetchall())
+    """Median of `runs` timings of the server running `sql` and sending every row.
+
+    COPY (...) TO STDOUT: the same plan and the same rows on the wire, without the
+    per-row Python objects that Grafana, a Go program, does not build.
+    """
+    copy = cur.mogrify(f"COPY ({sql}) TO STDOUT", params).decode()
+    sink = RowCounter()
+    cur.copy_expert(copy, sink)  # warm-up
     times = []
     for _ in range(runs):
         began = time.perf_counter()
-        cur.execute(sql, params)
-        cur.fetchall()
+        cur.copy_expert(copy, RowCounter())
         times.append((time.perf_counter() - began) * 1000)
-    return {"median_ms": statistics.median(times), "runs_ms": times, "rows": rows}
+    return {"median_ms": statistics.median(times), "runs_ms": times, "rows": sink.rows}
 
 
 def queries(args: argparse.Namespace) -> dict:
