@@ -281,15 +281,16 @@ def watermark_poller(devices: list[str], since: float):
     conn = connect("grafana_reader")
     conn.autocommit = True
     cur = conn.cursor()
-    cur.execute(
-        "PREPARE newest(text[], timestamptz) AS "
-        "SELECT d, (SELECT extract(epoch FROM s.time) FROM sensor_data s "
-        "           WHERE s.device_id = d AND s.time >= $2 ORDER BY s.time DESC LIMIT 1) "
-        "FROM unnest($1) d")
     start = datetime.fromtimestamp(since, tz=UTC)
+    # `since` as a literal, not a parameter: the planner then excludes every chunk
+    # but the newest, however long the history.
+    newest = cur.mogrify(
+        "SELECT d, (SELECT extract(epoch FROM s.time) FROM sensor_data s "
+        "           WHERE s.device_id = d AND s.time >= %s ORDER BY s.time DESC LIMIT 1) "
+        "FROM unnest(%s::text[]) d", (start, devices))
 
     def poll() -> dict[str, float]:
-        cur.execute("EXECUTE newest(%s, %s)", (devices, start))
+        cur.execute(newest)
         return {d: float(t) for d, t in cur.fetchall() if t is not None}
 
     def rows() -> list[tuple[str, float]]:

@@ -30,9 +30,9 @@ def timescaledb_memory_settings(memory_mb) -> dict[str, str | int]:
     postgres = max(total - RESERVED_MB, POSTGRES_FLOOR_MB)  # what PostgreSQL and its page cache may use
 
     max_connections = _clamp(total // 64, 20, 50)
-    # A fifth, in 16 MB steps: the page cache serves reads too, and a 1 GB Pi keeps
+    # A sixth, in 16 MB steps: the page cache serves reads too, and a 1 GB Pi keeps
     # the whole stack (PostgreSQL + Mosquitto + ingestor) under 250 MB for Grafana.
-    shared_buffers = max(postgres // 80 * 16, 32)
+    shared_buffers = max(postgres // 96 * 16, 32)
     work_mem = _clamp((postgres - shared_buffers) // (max_connections * 4), 2, 64)
     maintenance_work_mem = _clamp(postgres // 16, 16, 512)
     max_wal_size = _clamp(total, 512, 4096)
