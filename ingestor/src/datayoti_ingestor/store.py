@@ -26,8 +26,8 @@ TOUCH_EVERY_S = 30.0
 
 # Redelivered (dup) readings whose device clock was not believed are matched on
 # the device's own value within this window.
-REDELIVERY_WINDOW = "7 days"
 REDELIVERY_WINDOW_DELTA = timedelta(days=7)
+REDELIVERY_WINDOW = f"{REDELIVERY_WINDOW_DELTA.days} days"
 
 ROLLUPS = (("rollup_semi_hourly", "30 minutes"), ("rollup_hourly", "1 hour"))
 
