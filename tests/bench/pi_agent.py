@@ -37,6 +37,7 @@ POLL_EVERY_S = 0.02
 SAMPLE_EVERY_S = 0.25
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 DATA_TOPIC = "datayoti/sensor/+/data"
+PLAIN_OUT = "/run/datayoti-bench/plain.out"
 
 
 # ------------------------------------------------------------------ pure helpers
@@ -318,88 +319,88 @@ def read_published(stdin_timeout_s: float) -> dict:
     return result
 
 
-def consume(args: argparse.Namespace) -> dict:
-    devices = args.devices.split(",")
-    since = args.since
-    report: dict = {"kind": args.kind}
+def start_consumer(args: argparse.Namespace) -> tuple[int, subprocess.Popen | None]:
+    """(pid to measure, child process or None) for this run's consumer."""
     if args.kind == "ours":
-        wait_ingestor_idle()
-    else:
-        systemctl("stop", SERVICE)
-    before = pg_write_counters(args.settle)
-    child = None
-    if args.kind == "ours":
-        pid = ingestor_pid()
-    elif args.kind == "naive":
+        return ingestor_pid(), None
+    if args.kind == "naive":
         child = subprocess.Popen([sys.executable, __file__, "naive-ingestor"], stdout=subprocess.DEVNULL)
-        pid = child.pid
-    else:
-        out = open("/run/datayoti-bench/plain.out", "w")  # noqa: SIM115 - closed below
+        return child.pid, child
+    with open(PLAIN_OUT, "w") as out:  # the child keeps its own descriptor
         child = subprocess.Popen(
             ["mosquitto_sub", "-h", "localhost", "-p", "1883", "-u", "datayoti_ingestor",
              "-P", secret("mqtt-datayoti_ingestor"), "-i", "datayoti-bench-plain", "-q", "1",
              "-t", DATA_TOPIC, "-F", "%U %p", "-C", str(args.count), "-W", str(int(args.timeout))],
             stdout=out)
-        pid = child.pid
+    return child.pid, child
+
+
+def plain_result(child: subprocess.Popen, args: argparse.Namespace) -> tuple[dict, list[tuple[float, float]]]:
+    """mosquitto_sub's own figures, and (published, received) per message."""
+    published = read_published(args.timeout)
+    _, status, usage = wait_child(child.pid, grace_s=30)
+    with open(PLAIN_OUT) as received:
+        got = [x for x in map(parse_mosquitto_sub_line, received) if x]
+    report = {"cpu_s": usage.ru_utime + usage.ru_stime, "rss_peak_kb": usage.ru_maxrss,
+              "exit_status": os.waitstatus_to_exitcode(status), "stored": len(got),
+              "expected": published["count"]}
+    return report, [(sent, seen) for _, sent, seen in got]
+
+
+def polled_result(pid: int, args: argparse.Namespace) -> tuple[dict, list[tuple[float, float]]]:
+    """Poll the database until every device's last reading is committed: (publish, commit) per row."""
+    cpu_before = proc_cpu_s(pid)
+    poll, rows, conn = watermark_poller(args.devices.split(","), args.since)
+    timeline: list[tuple[float, dict[str, float]]] = []
+    published: dict = {}
+    reader = threading.Thread(target=lambda: published.update(read_published(args.timeout)), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            marks = poll()
+            timeline.append((time.time(), marks))
+            if published and all(marks.get(d, 0) >= t for d, t in published["last"].items()):
+                break
+            time.sleep(POLL_EVERY_S)
+        stored = rows()
+    finally:
+        conn.close()
+    report = {"cpu_s": proc_cpu_s(pid) - cpu_before, "rss_peak_kb": proc_status_kb(pid, "VmHWM"),
+              "stored": len(stored), "expected": published.get("count")}
+    return report, commit_times(stored, timeline)
+
+
+def consume(args: argparse.Namespace) -> dict:
+    """One consumer of one live stream: throughput, latency, CPU, memory and PostgreSQL's writes."""
+    if args.kind == "ours":
+        wait_ingestor_idle()
+    else:
+        systemctl("stop", SERVICE)
+    before = pg_write_counters(args.settle)
+    pid, child = start_consumer(args)
     time.sleep(1.0)  # the consumer subscribes
-    cpu_before = proc_cpu_s(pid) if args.kind != "plain" else 0.0
     sampler = MemorySampler(pid)
     sampler.start()
-    timeline: list[tuple[float, dict[str, float]]] = []
     print("READY", flush=True)
     try:
         if args.kind == "plain":
-            published = read_published(args.timeout)
-            _, status, usage = wait_child(child.pid, grace_s=30)
-            out.close()
-            report["cpu_s"] = usage.ru_utime + usage.ru_stime
-            report["rss_peak_kb"] = usage.ru_maxrss
-            report["exit_status"] = os.waitstatus_to_exitcode(status)
-            with open("/run/datayoti-bench/plain.out") as received:
-                got = [x for x in map(parse_mosquitto_sub_line, received) if x]
-            latencies = [received - sent for _, sent, received in got]
-            report["stored"] = len(got)
-            first = min((sent for _, sent, _ in got), default=None)
-            last = max((received for _, _, received in got), default=None)
+            report, pairs = plain_result(child, args)
         else:
-            poll, rows, conn = watermark_poller(devices, since)
-            try:
-                published = None
-                deadline = time.monotonic() + args.timeout
-                reader_result: dict = {}
-                reader = threading.Thread(target=lambda: reader_result.update(read_published(args.timeout)),
-                                          daemon=True)
-                reader.start()
-                while time.monotonic() < deadline:
-                    marks = poll()
-                    timeline.append((time.time(), marks))
-                    if reader_result:
-                        published = reader_result
-                        if all(marks.get(d, 0) >= t for d, t in published["last"].items()):
-                            break
-                    time.sleep(POLL_EVERY_S)
-                stored = rows()
-            finally:
-                conn.close()
-            pairs = commit_times(stored, timeline)
-            latencies = [seen - sent for sent, seen in pairs]
-            report["stored"] = len(stored)
-            first = min((sent for sent, _ in pairs), default=None)
-            last = max((seen for _, seen in pairs), default=None)
-            report["cpu_s"] = proc_cpu_s(pid) - cpu_before
-            report["rss_peak_kb"] = proc_status_kb(pid, "VmHWM")
+            report, pairs = polled_result(pid, args)
     finally:
         sampler.done.set()
         sampler.join()
-        if child is not None and args.kind == "naive":
+        if args.kind == "naive":
             child.send_signal(signal.SIGTERM)
             child.wait(30)
-    report["expected"] = (published or {}).get("count")
-    report["msg_per_s"] = rate(report["stored"], first, last)
-    report["latency"] = latency_summary(latencies)
+    report["kind"] = args.kind
+    report["msg_per_s"] = rate(report["stored"], min((p for p, _ in pairs), default=None),
+                               max((c for _, c in pairs), default=None))
+    report["latency"] = latency_summary([seen - sent for sent, seen in pairs])
     report["rss_steady_kb"] = statistics.median(sampler.rss_kb) if sampler.rss_kb else None
-    if args.kind == "plain" and sampler.rss_kb:
-        report["rss_peak_kb"] = max(report["rss_peak_kb"], max(sampler.rss_kb))
+    if sampler.rss_kb:
+        report["rss_peak_kb"] = max(report["rss_peak_kb"] or 0, max(sampler.rss_kb))
     report["stack_pss_peak_kb"] = max(sampler.stack_kb, default=None)
     after = pg_write_counters(args.settle)
     report["pg"] = {k: after[k] - before[k] for k in before}
