@@ -394,6 +394,7 @@ def render_table(report: dict) -> str:
     for q in report["queries"]["queries"]:
         lines.append(f"{q['query']:<34}{fmt(q['raw']['median_ms']):>10}{fmt(q['rollup']['median_ms']):>11}"
                      f"{q['raw']['rows']:>10}{q['rollup']['rows']:>12}")
+    lines += isolation_table(report["isolation"])
     profile = report.get("profile") or {}
     if profile.get("top_self"):
         lines += ["", "ours at saturation, py-spy self time (threads holding the GIL):"]
@@ -410,6 +411,20 @@ def render_table(report: dict) -> str:
     lines += ["", "ratios (same run):"]
     lines += [f"  {name:<52}{fmt(value, 3):>10}" for name, value in report["summary"]["ratios"].items()]
     return "\n".join(lines) + "\n"
+
+
+def isolation_table(isolation: dict) -> list[str]:
+    """What finding one refused message costs, next to a clean batch of the same size."""
+    title = f"one refused message in a batch of {isolation['size']}"
+    lines = ["", f"{title:<46}{'clean ms':>10}{'isolated ms':>12}"
+                 f"{'x':>6}{'clean WAL B':>12}{'isolated WAL B':>15}{'x':>6}{'writes':>7}{'stored':>7}"]
+    for c in isolation["cases"]:
+        clean, iso = c["clean"], c["isolated"]
+        lines.append(f"  {c['poison']:<44}{fmt(clean['ms']):>10}{fmt(iso['ms']):>12}"
+                     f"{fmt(ratio(iso['ms'], clean['ms']), 2):>6}"
+                     f"{clean['wal_bytes']:>12,}{iso['wal_bytes']:>15,}"
+                     f"{fmt(ratio(iso['wal_bytes'], clean['wal_bytes']), 2):>6}{iso['writes']:>7}{c['stored_once']:>7}")
+    return lines
 
 
 def bottlenecks(runs: list[dict], copy: dict, profile: dict | None, targets: list[dict]) -> list[str]:
@@ -491,6 +506,8 @@ def run(args: argparse.Namespace) -> dict:
     log("dashboard queries")
     report["queries"] = agent(args.bed, "queries", "--device", creds[0].device_id, "--site", "SITE_001",
                               "--ends", str(report["dataset"]["ends"]), "--runs", str(steps["query_runs"]))
+    log("isolating messages the database refuses, in batches of 200")
+    report["isolation"] = agent(args.bed, "isolation", "--size", "200")
     report["summary"] = summarize(runs, copy, report["queries"])
     report["summary"]["bottlenecks"] = bottlenecks(runs, copy, report.get("profile"), report["summary"]["targets"])
     if args.down:

@@ -9,6 +9,8 @@ there with the Pi's own python3 (Debian's paho-mqtt and psycopg2), as root:
   copy --count N                    limit B: COPY N stream-like rows straight into sensor_data
   dataset --days D                  50 sensors x D days at one reading a minute, by COPY
   queries                           time the dashboards' queries, raw and through the rollups
+  isolation --size N                the product's Store against this Pi's database: a batch of N
+                                    clean, then with one message the database refuses, per kind
 
 `consume` prints READY once its consumer listens, then reads one JSON line on
 stdin: the last timestamp each device published. Every command ends by printing
@@ -629,6 +631,107 @@ def queries(args: argparse.Namespace) -> dict:
     return {"queries": results}
 
 
+# ------------------------------------------------------------------ isolation of refused messages
+
+PRODUCT_LIB = "/usr/lib/datayoti-ingestor"
+PROBE_DEVICES = [f"02:DA:7A:00:00:{i:02X}" for i in range(11)]  # locally administered MACs
+
+
+def poisons():
+    """What validation would stop, handed to the Store directly: (name, make(good message) -> poison)."""
+    from dataclasses import replace
+
+    from datayoti_ingestor.messages import Status
+
+    return [
+        ("heartbeat rssi 2**70 (integer out of range)", lambda beat: replace(beat, rssi=2**70)),
+        ("NUL in a heartbeat's site_id", lambda beat: replace(beat, site_id="SITE\x00X")),
+        ("NUL in a heartbeat extra", lambda beat: replace(beat, extra={"firmware": "1.0\x00"})),
+        ("NUL in a status body", lambda beat: Status(beat.device_id, beat.stamp, "announce", {"note": "\x00"})),
+    ]
+
+
+def probe_batch(size: int, start: datetime, poison=None) -> list:
+    """`size` firmware messages (readings and heartbeats of the probe devices), one of them poisoned."""
+    from dataclasses import replace
+
+    from datayoti_ingestor.messages import parse_message
+    from datayoti_ingestor.store import Incoming
+
+    received = datetime.now(UTC)
+    batch = []
+    for i in range(size):
+        device = PROBE_DEVICES[i % (len(PROBE_DEVICES) - 1)]
+        kind = "heartbeat" if i % 2 else "data"
+        stamp = (start + timedelta(seconds=i)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        body = {"device_id": device, "timestamp": stamp, "temperature": 21.5, "humidity": 48.0} if kind == "data" \
+            else {"device_id": device, "site_id": "SITE_PROBE", "timestamp": stamp, "rssi": -60, "free_heap": 1000,
+                  "uptime": i, "min_heap": 900, "ntp_sync": True}
+        topic = f"datayoti/sensor/{device}/{kind}"
+        payload = json.dumps(body).encode()
+        batch.append(Incoming(mid=i, dup=False, received_at=received, topic=topic, payload=payload,
+                              parsed=parse_message(topic, payload, received)))
+    if poison is not None:
+        # A heartbeat in the middle, of a device of its own (a later heartbeat would set another site).
+        target = batch[size // 2 + 1]
+        target.parsed = poison(replace(target.parsed, device_id=PROBE_DEVICES[-1]))
+    return batch
+
+
+def wal_lsn() -> int:
+    return int(as_postgres_sql("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn;"))
+
+
+def timed_write(store, batch: list) -> dict:
+    before = wal_lsn()
+    started = time.perf_counter()
+    result = store.write_batch(batch)
+    took = time.perf_counter() - started
+    return {"ms": took * 1000, "wal_bytes": wal_lsn() - before, "writes": max(1, result.isolation_attempts),
+            "stored": result.readings + result.heartbeats + result.statuses, "refused": result.refused,
+            "rejected": result.rejected, "duplicates": result.duplicates}
+
+
+def isolation(args: argparse.Namespace) -> dict:
+    """Clean batch, then the same size with one refused message, side by side, for each kind of poison."""
+    sys.path.insert(0, PRODUCT_LIB)
+    from datayoti_ingestor.config import DatabaseConfig, database_connect_kwargs
+    from datayoti_ingestor.store import Store
+
+    db = DatabaseConfig(password=secret("postgresql-mqtt_ingestor"))
+    store = Store(database_connect_kwargs(db), device_cache_ttl_s=300, payload_limit=2048)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+    cases = []
+    try:
+        store.write_batch(probe_batch(args.size, start - timedelta(hours=1)))  # registers the probe devices
+        for n, (name, poison) in enumerate(poisons()):
+            clean = timed_write(store, probe_batch(args.size, start + timedelta(seconds=2 * n * args.size)))
+            poisoned_batch = probe_batch(args.size, start + timedelta(seconds=(2 * n + 1) * args.size), poison)
+            isolated = timed_write(store, poisoned_batch)
+            culprit = next(m for m in poisoned_batch if m.reason == "database_refused")
+            cases.append({"poison": name, "clean": clean, "isolated": isolated, "detail": culprit.detail,
+                          "culprit_mid": culprit.mid,
+                          "stored_once": int(as_postgres_sql(
+                              "SELECT count(*) FROM (SELECT time, device_id FROM sensor_data UNION ALL "
+                              "SELECT time, device_id FROM device_heartbeats UNION ALL "
+                              "SELECT time, device_id FROM device_status) t "
+                              f"WHERE device_id LIKE '02:DA:7A:%' AND time >= '{poisoned_batch[0].parsed.stamp.time}' "
+                              f"AND time <= '{poisoned_batch[-1].parsed.stamp.time}';"))})
+    finally:
+        store.close()
+        macs = ",".join(f"'{m}'" for m in PROBE_DEVICES)
+        topics = " OR ".join(f"topic LIKE 'datayoti/sensor/{m}/%'" for m in PROBE_DEVICES)
+        as_postgres_sql(f"DELETE FROM sensor_data WHERE device_id IN ({macs}); "
+                        f"DELETE FROM device_heartbeats WHERE device_id IN ({macs}); "
+                        f"DELETE FROM device_status WHERE device_id IN ({macs}); "
+                        f"DELETE FROM rollup_semi_hourly WHERE device_id IN ({macs}); "
+                        f"DELETE FROM rollup_hourly WHERE device_id IN ({macs}); "
+                        f"DELETE FROM rejected_messages WHERE {topics}; "
+                        f"DELETE FROM devices WHERE device_id IN ({macs}); "
+                        "DELETE FROM sites WHERE site_id = 'SITE_PROBE';")
+    return {"size": args.size, "cases": cases}
+
+
 # ------------------------------------------------------------------ CLI
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -654,15 +757,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     q.add_argument("--site", required=True)
     q.add_argument("--ends", type=float, required=True)
     q.add_argument("--runs", type=int, default=5)
+    i = sub.add_parser("isolation")
+    i.add_argument("--size", type=int, default=200)
     args = parser.parse_args(argv)
-    for name in ("count", "days", "runs"):
+    for name in ("count", "days", "runs", "size"):
         if getattr(args, name, 1) < 1:
             parser.error(f"--{name} must be at least 1")
     return args
 
 
 COMMANDS = {"consume": consume, "naive-ingestor": naive_ingestor, "copy": copy_load, "dataset": dataset,
-            "queries": queries}
+            "queries": queries, "isolation": isolation}
 
 
 def main(argv: list[str] | None = None) -> int:

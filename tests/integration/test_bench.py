@@ -36,6 +36,12 @@ def test_bench_smoke_writes_a_complete_report(tmp_path):
         "1 year daily, one site"]
     assert all(q["raw"]["median_ms"] > 0 and q["rollup"]["median_ms"] > 0 for q in report["queries"]["queries"])
     assert "top_self" in report["profile"], report["profile"]
+    isolation = report["isolation"]
+    assert isolation["size"] == 200 and len(isolation["cases"]) == 4, isolation
+    for case in isolation["cases"]:
+        assert case["isolated"]["refused"] == 1 and case["stored_once"] == 199, case
+        assert case["clean"]["wal_bytes"] > 0 and case["isolated"]["ms"] > 0, case
+    assert "one refused message in a batch of 200" in table, table
     ratios = report["summary"]["ratios"]
     for name in ("qos0 ours / limit A", "qos1 ours / naive", "qos1 bytes per reading, ours / naive"):
         assert ratios[name] is not None, name

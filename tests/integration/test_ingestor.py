@@ -9,7 +9,9 @@ import threading
 import time
 
 import pytest
-from publisher import SensorClient, publish_readings, reading_time
+from conftest import REPO
+from payload_strategies import generate, payloads
+from publisher import SensorClient, data_message, publish_readings, reading_time
 
 PI = "pi1"
 SERVICE = "datayoti-ingestor.service"
@@ -133,6 +135,14 @@ BAD_PAYLOADS = {
     "oversized": ("data", b'{"temperature": 20, "humidity": 50, "pad": "' + b"x" * 5000 + b'"}'),
     "device_mismatch": ("data", b'{"device_id": "AA:BB:CC:DD:EE:FF", "temperature": 20, "humidity": 50}'),
     "bad_timestamp": ("data", b'{"timestamp": "yesterday", "temperature": 20, "humidity": 50}'),
+    # What PostgreSQL would refuse, stopped at the door (issue 8).
+    "integer_out_of_range": ("heartbeat", b'{"rssi": 1180591620717411303424}'),
+    "nul_character": ("status", b'{"status": "on\\u0000line"}'),
+    "invalid_unicode": ("heartbeat", b'{"firmware": "\\ud800"}'),
+    "text_too_long": ("heartbeat", b'{"site_id": "' + b"S" * 65 + b'"}'),
+    "too_deep": ("status", b'{"a": [[[[1]]]]}'),
+    "too_many_keys": ("heartbeat", json.dumps({f"k{i}": i for i in range(40)}).encode()),
+    "key_too_long": ("heartbeat", b'{"' + b"k" * 65 + b'": 1}'),
 }
 
 
@@ -308,3 +318,211 @@ def test_qos0_readings_survive_an_ingestor_outage(fleet, ingestor_active, outage
     macs = [s.device_id for s in sensors]
     wait_for(lambda: stored_for(fleet, macs, start, per_sensor)[0] >= 1000, 120, what="1,000 rows")
     assert stored_for(fleet, macs, start, per_sensor) == (1000, 1000)
+
+
+# ------------------------------------------------------------------ no single message stops the appliance (issue 8)
+
+AGENT = REPO / "tests" / "bench" / "pi_agent.py"
+COUNTERS = re.compile(r"stored (\d+), rejected (\d+) \(database refused (\d+)\), duplicates (\d+)")
+
+# Each of these stopped every sensor's data, or crash-looped the service, before issue 8.
+POISONS = {
+    "heartbeat with an out-of-range integer": ("heartbeat", b'{"rssi": 1180591620717411303424, "uptime": 5}'),
+    "heartbeat with a NUL in a string": ("heartbeat", b'{"rssi": -60, "firmware": "1.4\\u0000"}'),
+    "heartbeat with a NUL in site_id": ("heartbeat", b'{"site_id": "SITE\\u0000001", "rssi": -60}'),
+    "status with a NUL": ("status", b'{"timestamp": "2025-06-01T00:00:00.000Z", "status": "\\u0000"}'),
+}
+
+
+class StatusWatch:
+    """Samples the ingestor's STATUS= text in the background while a test runs."""
+
+    def __init__(self, fleet):
+        self.fleet, self.seen, self.stop = fleet, [], threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.stop.wait(1.0):
+            self.seen.append(service(self.fleet, "StatusText"))
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(10)
+
+
+def counters(fleet) -> tuple[int, int, int, int]:
+    """(stored, rejected, refused, duplicates) from the service's STATUS= line."""
+    text = service(fleet, "StatusText")
+    match = COUNTERS.search(text)
+    assert match, text
+    return tuple(int(v) for v in match.groups())
+
+
+def settled_counters(fleet) -> tuple[int, int, int, int]:
+    """The counters once two STATUS updates (every 5 s) agree."""
+    previous = None
+    for _ in range(30):
+        current = counters(fleet)
+        if current == previous:
+            return current
+        previous = current
+        time.sleep(5.5)
+    raise AssertionError(f"the ingestor's counters did not settle: {current}")
+
+
+def rejected_since(fleet, mac: str, since: str) -> list[str]:
+    return sql(fleet, f"SELECT reason FROM rejected_messages WHERE topic LIKE 'datayoti/sensor/{mac}/%' "
+                      f"AND received_at >= '{since}' ORDER BY id").split()
+
+
+def publish_poisons(sensor, poisons: dict) -> None:
+    for kind, payload in poisons.values():
+        sensor.client.publish(f"datayoti/sensor/{sensor.device_id}/{kind}", payload, qos=0)
+
+
+def test_poison_messages_cannot_stop_other_sensors(fleet, ingestor_active):
+    poisoner, good = sensors_of(fleet, 2)
+    restarts = int(service(fleet, "NRestarts"))
+    since = sql(fleet, "SELECT now()")
+    start = 800_000
+    try:
+        with StatusWatch(fleet) as watch:
+            publish_poisons(poisoner, POISONS)
+            sent_at = time.monotonic()
+            report = publish_readings([good], 20, qos=0, start_index=start)
+            wait_for(lambda: stored_for(fleet, [good.device_id], start, 20)[0] == 20, 15,
+                     what="the other sensor's readings")
+            took = time.monotonic() - sent_at
+            wait_for(lambda: len(rejected_since(fleet, poisoner.device_id, since)) >= len(POISONS), 15,
+                     what="the poison messages' rejected rows")
+            time.sleep(6)  # one more STATUS update
+    finally:
+        poisoner.close()
+        good.close()
+    assert report.accepted == 20 and took < 10, (report, took)
+    assert sorted(rejected_since(fleet, poisoner.device_id, since)) == sorted(
+        ["integer_out_of_range", "nul_character", "nul_character", "nul_character"])
+    assert int(service(fleet, "NRestarts")) == restarts
+    assert service(fleet, "ActiveState") == "active"
+    assert watch.seen and not [s for s in watch.seen if "database DOWN" in s], watch.seen
+
+
+def test_poison_queued_at_the_broker_does_not_stop_a_starting_service(fleet, ingestor_active):
+    poisoner, good = sensors_of(fleet, 2)
+    since = sql(fleet, "SELECT now()")
+    start = 810_000
+    fleet.sh(PI, f"systemctl stop {SERVICE}")
+    try:
+        publish_poisons(poisoner, POISONS)
+        report = publish_readings([good], 10, qos=0, start_index=start)
+        # A QoS 1 publish on the same connection: the broker has everything sent before it.
+        poisoner.client.publish(f"datayoti/sensor/{poisoner.device_id}/status", b"{}", qos=1).wait_for_publish(10)
+    finally:
+        fleet.sh(PI, f"systemctl start {SERVICE}")
+        poisoner.close()
+        good.close()
+    assert report.accepted == 10
+    restarts = int(service(fleet, "NRestarts"))
+    pid = service(fleet, "MainPID")
+    wait_for(lambda: stored_for(fleet, [good.device_id], start, 10)[0] == 10, 30, what="the queued good readings")
+    wait_for(lambda: len(rejected_since(fleet, poisoner.device_id, since)) >= len(POISONS), 30,
+             what="the queued poison messages' rejected rows")
+    time.sleep(3)
+    assert (service(fleet, "ActiveState"), service(fleet, "MainPID")) == ("active", pid)
+    assert int(service(fleet, "NRestarts")) == restarts
+
+
+def test_database_refusals_are_isolated_and_good_messages_written_once(fleet):
+    """What validation misses, the database refuses: the Store finds each culprit, stores the rest once."""
+    fleet.sh(PI, "install -d -m 0755 /run/datayoti-bench && cat > /run/datayoti-bench/pi_agent.py",
+             stdin=AGENT.read_text())
+    out = fleet.sh(PI, "python3 /run/datayoti-bench/pi_agent.py isolation --size 200", timeout=300).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert len(result["cases"]) == 4
+    for case in result["cases"]:
+        clean, isolated = case["clean"], case["isolated"]
+        print(f"{case['poison']}: clean {clean['ms']:.1f} ms / {clean['wal_bytes']} B WAL; isolated "
+              f"{isolated['ms']:.1f} ms / {isolated['wal_bytes']} B WAL in {isolated['writes']} writes")
+        assert clean == {**clean, "stored": 200, "refused": 0, "writes": 1}, case
+        assert isolated == {**isolated, "stored": 199, "refused": 1, "rejected": 1, "duplicates": 0}, case
+        assert case["stored_once"] == 199 and case["culprit_mid"] == 101, case
+        # Halving 200 down to one message: at most 2 writes per level, plus one per kind of message.
+        assert isolated["writes"] <= 2 * 8 + 3, case
+    details = [case["detail"] for case in result["cases"]]
+    assert details[0].startswith("22003") and "NUL" in details[1] and details[2].startswith("22P05"), details
+
+
+def test_fuzzed_payloads_are_all_accounted_for(fleet, ingestor_active):
+    """A few thousand generated payloads from one sensor, at QoS 0, with another sensor's readings between them."""
+    fuzzer, good = sensors_of(fleet, 2)
+    seed = 20261123
+    generated = generate(payloads(fuzzer.device_id), 2000, seed)
+    restarts = int(service(fleet, "NRestarts"))
+    before = settled_counters(fleet)
+    since = sql(fleet, "SELECT now()")
+    start, good_count = 820_000, 0
+    try:
+        with StatusWatch(fleet) as watch:
+            for i, (kind, payload) in enumerate(generated):
+                fuzzer.client.publish(f"datayoti/sensor/{fuzzer.device_id}/{kind}", payload, qos=0)
+                if i % 4 == 0:
+                    good.client.publish(f"datayoti/sensor/{good.device_id}/data",
+                                        data_message(good.device_id, start + good_count), qos=0)
+                    good_count += 1
+                if i % 100 == 99:
+                    time.sleep(0.1)
+            # QoS 1 barriers: the broker has had everything each client sent before them.
+            for client, topic in ((fuzzer, "heartbeat"), (good, "heartbeat")):
+                client.client.publish(f"datayoti/sensor/{client.device_id}/{topic}", b"{}",
+                                      qos=1).wait_for_publish(30)
+            published = len(generated) + good_count + 2
+            wait_for(lambda: stored_for(fleet, [good.device_id], start, good_count)[0] == good_count, 120,
+                     what=f"the other sensor's {good_count} readings")
+            after = settled_counters(fleet)
+    finally:
+        fuzzer.close()
+        good.close()
+    stored, rejected, refused, duplicates = (a - b for a, b in zip(after, before, strict=True))
+    fuzz_stored = int(sql(fleet, "SELECT " + " + ".join(
+        f"(SELECT count(*) FROM {table} WHERE device_id = '{fuzzer.device_id}' AND reception_time >= '{since}')"
+        for table in ("sensor_data", "device_heartbeats", "device_status"))))
+    fuzz_rejected = len(rejected_since(fleet, fuzzer.device_id, since))
+    print(f"seed {seed}: published {published}: stored {stored}, rejected {rejected} "
+          f"(database refused {refused}), duplicates {duplicates}")
+    assert stored + rejected + duplicates == published, (published, after, before)
+    assert fuzz_stored + fuzz_rejected + duplicates == len(generated) + 1, (fuzz_stored, fuzz_rejected, duplicates)
+    assert stored == fuzz_stored + good_count + 1 and rejected == fuzz_rejected
+    assert stored_for(fleet, [good.device_id], start, good_count) == (good_count, good_count)
+    assert int(service(fleet, "NRestarts")) == restarts and service(fleet, "ActiveState") == "active"
+    assert not [s for s in watch.seen if "database DOWN" in s], watch.seen
+
+
+def test_the_ingestor_connects_with_a_password_of_spaces_quotes_and_backslashes(fleet, ingestor_active):
+    secrets = {"mqtt_ingestor": "datayoti-ingestor.service", "datayoti_owner": "datayoti-migrate.service"}
+    saved = {role: fleet.read(PI, f"/etc/datayoti/secrets/postgresql-{role}.password") for role in secrets}
+    sensor = sensors_of(fleet, 1)[0]
+
+    def set_password(role: str, password: str) -> None:
+        path = f"/etc/datayoti/secrets/postgresql-{role}.password"
+        fleet.sh(PI, f"cat > {path}", stdin=password)
+        fleet.sh(PI, f"cd / && sudo -u postgres psql -d datayoti_db -v ON_ERROR_STOP=1 -qAt -v pw=\"$(cat {path})\"",
+                 stdin=f"ALTER ROLE {role} PASSWORD :'pw';")
+
+    try:
+        for role in secrets:
+            set_password(role, f"{role} with space, 'quote', \"double\" and back\\slash")
+        fleet.sh(PI, "systemctl restart datayoti-migrate.service datayoti-ingestor.service")
+        assert fleet.sh(PI, "systemctl show -P Result datayoti-migrate.service").stdout.strip() == "success"
+        wait_for(lambda: service(fleet, "ActiveState") == "active" and "database ok" in service(fleet, "StatusText"),
+                 60, what="the ingestor connected with the new password")
+        publish_readings([sensor], 5, qos=1, start_index=830_000)
+        wait_for(lambda: stored_for(fleet, [sensor.device_id], 830_000, 5)[0] == 5, 30, what="5 readings")
+    finally:
+        sensor.close()
+        for role, password in saved.items():
+            set_password(role, password)
+        fleet.sh(PI, "systemctl restart datayoti-migrate.service datayoti-ingestor.service")

@@ -180,3 +180,86 @@ def test_heartbeat_without_ntp_sync_is_not_wall_clock_time():
 @pytest.mark.parametrize("value", ["yesterday", "2025-11-03T14:30:00", True, {"s": 1}])
 def test_unreadable_timestamp_is_rejected(value):
     assert rejected("data", {**FIRMWARE_DATA, "timestamp": value}) == "bad_timestamp"
+
+
+# --- what the database would refuse is stopped at the door (issue 8), one named rule each
+FIRMWARE_STATUS = {"device_id": MAC, "timestamp": "2025-11-03T14:30:00.000Z"}
+
+
+@pytest.mark.parametrize("field,value", [("rssi", 2**31), ("rssi", -(2**31) - 1), ("free_heap", 2**70),
+                                         ("min_heap", 1e300), ("uptime", 2**63)])
+def test_integer_that_does_not_fit_its_column_is_rejected(field, value):
+    assert rejected("heartbeat", {**FIRMWARE_BEAT, field: value}) == "integer_out_of_range"
+
+
+@pytest.mark.parametrize("field,value", [("rssi", 2**31 - 1), ("uptime", 2**63 - 1), ("free_heap", -(2**31))])
+def test_integer_at_its_column_limit_is_accepted(field, value):
+    assert getattr(parse("heartbeat", {**FIRMWARE_BEAT, field: value}), field) == value
+
+
+@pytest.mark.parametrize("kind,body", [
+    ("heartbeat", {**FIRMWARE_BEAT, "site_id": "SITE\x00001"}),
+    ("heartbeat", {**FIRMWARE_BEAT, "firmware": "1.4\x00"}),
+    ("heartbeat", {**FIRMWARE_BEAT, "wifi": {"ssid\x00": "x"}}),
+    ("status", {**FIRMWARE_STATUS, "status": "on\x00line"}),
+    ("status", {**FIRMWARE_STATUS, "note": ["a", "\x00"]}),
+])
+def test_nul_character_in_any_stored_string_is_rejected(kind, body):
+    assert rejected(kind, body) == "nul_character"
+
+
+@pytest.mark.parametrize("kind,body", [
+    ("heartbeat", b'{"site_id": "SITE_\\ud800"}'),
+    ("status", b'{"note": "\\udfff"}'),
+    ("heartbeat", b'{"extra": {"\\ud83d": 1}}'),
+])
+def test_lone_surrogate_is_rejected(kind, body):
+    assert rejected(kind, body) == "invalid_unicode"
+
+
+def test_text_length_is_bounded():
+    limits = Limits()
+    assert rejected("heartbeat", {**FIRMWARE_BEAT, "site_id": "S" * (limits.max_site_id_chars + 1)}) == "text_too_long"
+    assert parse("heartbeat", {**FIRMWARE_BEAT, "site_id": "S" * limits.max_site_id_chars}).site_id
+    assert rejected("status", {**FIRMWARE_STATUS, "status": "x" * (limits.max_text_chars + 1)}) == "text_too_long"
+    assert rejected("heartbeat", {**FIRMWARE_BEAT, "k" * (limits.max_key_chars + 1): 1}) == "key_too_long"
+
+
+def test_json_depth_and_key_count_are_bounded():
+    limits = Limits()
+    nested: object = 1
+    for _ in range(limits.max_json_depth):
+        nested = [nested]
+    assert rejected("heartbeat", {**FIRMWARE_BEAT, "n": nested}) == "too_deep"
+    assert parse("heartbeat", {**FIRMWARE_BEAT, "n": nested[0]}).extra == {"n": nested[0]}
+    many = {f"k{i}": i for i in range(limits.max_json_keys + 1)}
+    assert rejected("heartbeat", {**FIRMWARE_BEAT, **many}) == "too_many_keys"
+    assert rejected("data", {**FIRMWARE_DATA, **many}) == "too_many_keys"
+
+
+LARGE = Limits(max_payload_bytes=65536)  # rules.max_payload_bytes may be raised
+
+
+def test_json_too_deep_to_decode_is_rejected():
+    with pytest.raises(Rejected) as info:
+        parse_message(f"datayoti/sensor/{MAC}/status", b'{"n": ' + b"[" * 30000 + b"]" * 30000 + b"}", NOW, LARGE)
+    assert info.value.reason == "too_deep"
+
+
+def test_overflowing_number_anywhere_is_not_finite():
+    assert rejected("heartbeat", b'{"extra": 1e400}') == "not_finite"
+    assert rejected("data", b'{"temperature": 20, "humidity": 50, "pressure": -1e999}') == "not_finite"
+
+
+def test_integer_with_too_many_digits_is_malformed():
+    with pytest.raises(Rejected) as info:
+        parse_message(f"datayoti/sensor/{MAC}/status", b'{"n": ' + b"9" * 4400 + b"}", NOW, LARGE)
+    assert info.value.reason == "malformed_json"
+
+
+def test_rejected_detail_is_printable():
+    with pytest.raises(Rejected) as info:
+        parse("heartbeat", {**FIRMWARE_BEAT, "rssi": "\x00\ud800" + "x" * 2000})
+    detail = info.value.detail
+    assert "\x00" not in detail and len(detail) <= 500
+    detail.encode("utf-8")

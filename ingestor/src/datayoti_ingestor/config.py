@@ -3,10 +3,12 @@
 Sources, later ones winning:
 1. the defaults below;
 2. a TOML file (default /etc/datayoti/ingestor.toml);
-3. environment variables DATAYOTI_<SECTION>_<KEY>, e.g. DATAYOTI_MQTT_HOST;
-4. secrets, read from files in $CREDENTIALS_DIRECTORY (systemd LoadCredential=):
-   `mqtt-password`, `db-password` and, for migrations and retention,
-   `db-owner-password`.
+3. environment variables DATAYOTI_<SECTION>_<KEY>, e.g. DATAYOTI_MQTT_HOST.
+
+Secrets come only from files in $CREDENTIALS_DIRECTORY (systemd LoadCredential=):
+`mqtt-password`, `db-password` and, for migrations and retention,
+`db-owner-password`. A secret in the TOML file or the environment (where
+`systemctl show` would print it) is refused with a ConfigError.
 
 Any unknown key, wrong type or out-of-range value raises ConfigError naming it.
 """
@@ -14,6 +16,7 @@ Any unknown key, wrong type or out-of-range value raises ConfigError naming it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -73,6 +76,12 @@ class RulesConfig:
     humidity_min: float = 0.0
     humidity_max: float = 100.0
     max_clock_ahead_s: int = 3600
+    # Bounds on what is stored (see messages.Limits): text, and JSON kept in jsonb.
+    max_site_id_chars: int = 64
+    max_text_chars: int = 256
+    max_json_depth: int = 4
+    max_json_keys: int = 32
+    max_key_chars: int = 64
     rejected_payload_bytes: int = 2048
     device_cache_ttl_s: int = 300
 
@@ -104,10 +113,25 @@ class Config:
 POSITIVE = {
     "mqtt.port", "mqtt.keepalive_s", "mqtt.session_expiry_s", "mqtt.receive_maximum", "database.port",
     "database.connect_timeout_s", "batch.max_rows", "batch.max_delay_ms", "batch.retry_initial_s",
-    "batch.retry_max_s", "rules.max_payload_bytes", "rules.rejected_payload_bytes", "health.online_minutes",
+    "batch.retry_max_s", "rules.max_payload_bytes", "rules.rejected_payload_bytes", "rules.max_site_id_chars",
+    "rules.max_text_chars", "rules.max_json_depth", "rules.max_json_keys", "rules.max_key_chars",
+    "health.online_minutes",
     "health.warning_minutes", "retention.sensor_data_days", "retention.heartbeat_days", "retention.status_days",
     "retention.rejected_days",
 }
+
+
+# Upper bounds: TCP ports, and MQTT's 16-bit receive maximum.
+AT_MOST = {"mqtt.port": 65535, "database.port": 65535, "mqtt.receive_maximum": 65535, "mqtt.keepalive_s": 65535}
+
+# Secret fields and the systemd credential each one comes from; nowhere else.
+SECRETS = {"mqtt.password": "mqtt-password", "database.password": "db-password",
+           "database.owner_password": "db-owner-password"}
+
+
+def secret_refusal(where: str, key: str) -> ConfigError:
+    return ConfigError(f"{where}: {key} is a secret, read only from the systemd credential "
+                       f"'{SECRETS[key]}' ($CREDENTIALS_DIRECTORY/{SECRETS[key]}, LoadCredential=); remove it here")
 
 
 def coerce(where: str, expected: type, value: Any, from_env: bool = False) -> Any:
@@ -121,6 +145,8 @@ def coerce(where: str, expected: type, value: Any, from_env: bool = False) -> An
         value = float(value)
     if not isinstance(value, expected) or isinstance(value, bool):
         raise ConfigError(f"{where}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
+    if expected is float and not math.isfinite(value):
+        raise ConfigError(f"{where}: {value!r} is not a finite number")
     return value
 
 
@@ -135,12 +161,20 @@ def build_section(name: str, cls: type, raw: dict, env: dict[str, str], source: 
     for key, f in fields.items():
         expected = {"str": str, "int": int, "float": float}[f.type]
         env_name = f"{ENV_PREFIX}{name}_{key}".upper()
+        if f"{name}.{key}" in SECRETS:
+            if key in raw:
+                raise secret_refusal(source, f"{name}.{key}")
+            if env_name in env:
+                raise secret_refusal(f"environment variable {env_name}", f"{name}.{key}")
+            continue
         if env_name in env:
             values[key] = coerce(env_name, expected, env[env_name], from_env=True)
         elif key in raw:
             values[key] = coerce(f"{source}: {name}.{key}", expected, raw[key])
         if f"{name}.{key}" in POSITIVE and key in values and values[key] <= 0:
             raise ConfigError(f"{name}.{key} must be positive, not {values[key]}")
+        if f"{name}.{key}" in AT_MOST and key in values and values[key] > AT_MOST[f"{name}.{key}"]:
+            raise ConfigError(f"{name}.{key} must be at most {AT_MOST[f'{name}.{key}']}, not {values[key]}")
     return cls(**values)
 
 
@@ -166,6 +200,8 @@ def load(path: Path | None = None, env: dict[str, str] | None = None) -> Config:
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
         except OSError as exc:
             raise ConfigError(f"{path}: {exc.strerror}") from None
     elif path != DEFAULT_PATH:
@@ -177,15 +213,28 @@ def load(path: Path | None = None, env: dict[str, str] | None = None) -> Config:
                "health": HealthConfig, "retention": RetentionConfig}
     built = {name: build_section(name, cls, raw.get(name, {}), env, str(path)) for name, cls in classes.items()}
     credentials = env.get("CREDENTIALS_DIRECTORY")
-    mqtt_password = read_credential(credentials, "mqtt-password")
-    db_password = read_credential(credentials, "db-password")
-    if mqtt_password is not None:
-        built["mqtt"] = dataclasses.replace(built["mqtt"], password=mqtt_password)
-    if db_password is not None:
-        built["database"] = dataclasses.replace(built["database"], password=db_password)
-    owner_password = read_credential(credentials, "db-owner-password")
-    if owner_password is not None:
-        built["database"] = dataclasses.replace(built["database"], owner_password=owner_password)
+    for dotted, credential in SECRETS.items():
+        value = read_credential(credentials, credential)
+        if value is not None:
+            section, key = dotted.split(".")
+            built[section] = dataclasses.replace(built[section], **{key: value})
     if built["health"].warning_minutes <= built["health"].online_minutes:
         raise ConfigError("health.warning_minutes must be greater than health.online_minutes")
     return Config(**built)
+
+
+def database_connect_kwargs(db: DatabaseConfig, owner: bool = False) -> dict:
+    """psycopg2.connect() keyword arguments: the one place a database connection is described.
+
+    Keywords, not a pasted DSN string, so that any password works as it is.
+    """
+    kwargs = {"host": db.host, "port": db.port, "dbname": db.name,
+              "user": db.owner_user if owner else db.user,
+              "password": db.owner_password if owner else db.password,
+              "connect_timeout": db.connect_timeout_s,
+              "application_name": "datayoti-schema" if owner else "datayoti-ingestor"}
+    if not owner:
+        # Notice a dead server within ~25 s; no statement of the ingestor may hang.
+        kwargs.update(keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+                      options="-c statement_timeout=30000")
+    return kwargs

@@ -16,14 +16,29 @@ from datetime import UTC, datetime, timedelta
 
 MAC_PATTERN = re.compile(r"^[0-9A-Fa-f]{2}([:-]?)(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}$")
 TOPIC_PATTERN = re.compile(r"^datayoti/sensor/([^/]+)/(data|heartbeat|status)$")
-HEARTBEAT_INT_FIELDS = ("rssi", "free_heap", "uptime", "min_heap")
+INT4 = (-(2**31), 2**31 - 1)
+INT8 = (-(2**63), 2**63 - 1)
+# Heartbeat integers and the range of the column that stores each.
+HEARTBEAT_INT_FIELDS = {"rssi": INT4, "free_heap": INT4, "uptime": INT8, "min_heap": INT4}
 RESERVED_DATA_FIELDS = frozenset({"device_id", "timestamp", "temperature", "humidity", "site_id"})
+
+
+MAX_DETAIL_CHARS = 500
+
+
+def printable(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    """Text safe for a log line and a text column: NULs and lone surrogates escaped, bounded."""
+    text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class Rejected(Exception):
     """A message that cannot be stored; `reason` is one of a fixed set of codes."""
 
     def __init__(self, reason: str, detail: str):
+        detail = printable(detail)
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -42,6 +57,13 @@ class Limits:
     earliest_valid_time: datetime = datetime(2020, 1, 1, tzinfo=UTC)
     # Timestamps further ahead of the receipt than this are not believed either.
     max_clock_ahead: timedelta = timedelta(hours=1)
+    # What PostgreSQL stores without complaint, checked before it is asked (rule: text_too_long).
+    max_site_id_chars: int = 64
+    max_text_chars: int = 256
+    # Stored JSON (heartbeat extras, status bodies, reading extras): rules too_deep, too_many_keys, key_too_long.
+    max_json_depth: int = 4
+    max_json_keys: int = 32
+    max_key_chars: int = 64
 
 
 @dataclass(frozen=True)
@@ -132,6 +154,10 @@ def decode_payload(payload: bytes, limits: Limits) -> dict:
         body = json.loads(text, parse_constant=refuse_constant)
     except json.JSONDecodeError as exc:
         raise Rejected("malformed_json", f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise Rejected("too_deep", "JSON nested too deeply to decode") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise Rejected("malformed_json", str(exc)[:200]) from None
     if not isinstance(body, dict):
         raise Rejected("not_an_object", f"payload is a JSON {type(body).__name__}, not an object")
     return body
@@ -186,14 +212,54 @@ def number(body: dict, key: str, low: float, high: float) -> float:
     return float(value)
 
 
-def optional_int(body: dict, key: str) -> int | None:
+def optional_int(body: dict, key: str, bounds: tuple[int, int]) -> int | None:
+    """An integer field that fits its column (`bounds`), or None when absent."""
     value = body.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
             or value != int(value):
         raise Rejected("wrong_type", f"{key}={value!r} is not an integer")
+    low, high = bounds
+    if not low <= value <= high:
+        raise Rejected("integer_out_of_range", f"{key}={int(value)} does not fit its column ({low}..{high})")
     return int(value)
+
+
+def check_text(where: str, value: str, max_chars: int, reason: str = "text_too_long") -> None:
+    """A string PostgreSQL stores as it is: no NUL, valid Unicode, bounded length."""
+    if "\x00" in value:
+        raise Rejected("nul_character", f"{where} contains a NUL character")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Rejected("invalid_unicode", f"{where} contains a lone surrogate") from None
+    if len(value) > max_chars:
+        raise Rejected(reason, f"{where} has {len(value)} characters, the limit is {max_chars}")
+
+
+def check_json(value, limits: Limits, where: str = "payload", depth: int = 1, keys: list | None = None) -> None:
+    """What goes into a jsonb column: finite numbers, clean strings and keys, bounded depth and key count."""
+    keys = [0] if keys is None else keys
+    if isinstance(value, str):
+        check_text(where, value, limits.max_text_chars)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise Rejected("not_finite", f"{where} is {value}")
+    elif isinstance(value, dict | list):
+        if depth > limits.max_json_depth:
+            raise Rejected("too_deep", f"{where} is nested deeper than {limits.max_json_depth} levels")
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                check_json(item, limits, f"{where}[{i}]", depth + 1, keys)
+            return
+        keys[0] += len(value)
+        if keys[0] > limits.max_json_keys:
+            raise Rejected("too_many_keys", f"more than {limits.max_json_keys} keys in {where}")
+        for key, item in value.items():
+            check_text(f"a key in {where}", key, limits.max_key_chars, "key_too_long")
+            check_json(item, limits, f"{where}.{key}", depth + 1, keys)
 
 
 def check_device(body: dict, topic_device: str) -> None:
@@ -208,15 +274,12 @@ def check_device(body: dict, topic_device: str) -> None:
         raise Rejected("device_mismatch", f"payload device_id {claimed} contradicts topic device {topic_device}")
 
 
-def extra_numbers(body: dict, reserved: frozenset) -> dict:
+def extra_numbers(body: dict, reserved: frozenset, limits: Limits) -> dict:
     """Other numeric fields, kept as they are; non-finite ones are refused."""
-    extra = {}
-    for key, value in body.items():
-        if key in reserved or isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        if not math.isfinite(value):
-            raise Rejected("not_finite", f"{key} is {value}")
-        extra[key] = value
+    extra = {key: value for key, value in body.items()
+             if key not in reserved and not isinstance(value, bool) and isinstance(value, int | float)}
+    if extra:
+        check_json(extra, limits, "extra")
     return extra
 
 
@@ -229,19 +292,25 @@ def parse_message(topic: str, payload: bytes, received_at: datetime, limits: Lim
         temperature = number(body, "temperature", limits.temperature_min, limits.temperature_max)
         humidity = number(body, "humidity", limits.humidity_min, limits.humidity_max)
         stamp = stamp_for(body.get("timestamp"), received_at, limits)
-        return Reading(device_id, stamp, temperature, humidity, extra_numbers(body, RESERVED_DATA_FIELDS))
+        return Reading(device_id, stamp, temperature, humidity, extra_numbers(body, RESERVED_DATA_FIELDS, limits))
     if kind == "heartbeat":
         ntp_sync = body.get("ntp_sync")
         if ntp_sync is not None and not isinstance(ntp_sync, bool):
             raise Rejected("wrong_type", f"ntp_sync={ntp_sync!r} is not a boolean")
         site_id = body.get("site_id")
-        if site_id is not None and (not isinstance(site_id, str) or not 0 < len(site_id) <= 64):
-            raise Rejected("wrong_type", f"site_id={site_id!r} is not a name of 1 to 64 characters")
-        ints = {key: optional_int(body, key) for key in HEARTBEAT_INT_FIELDS}
+        if site_id is not None:
+            if not isinstance(site_id, str) or not site_id:
+                raise Rejected("wrong_type", f"site_id={site_id!r} is not a non-empty string")
+            check_text("site_id", site_id, limits.max_site_id_chars)
+        ints = {key: optional_int(body, key, bounds) for key, bounds in HEARTBEAT_INT_FIELDS.items()}
         stamp = stamp_for(body.get("timestamp"), received_at, limits, wall_clock=ntp_sync is not False)
         extra = {k: v for k, v in body.items()
                  if k not in {"device_id", "site_id", "timestamp", "ntp_sync", *HEARTBEAT_INT_FIELDS}}
+        if extra:
+            check_json(extra, limits, "extra")
         return Heartbeat(device_id, stamp, site_id, ntp_sync=ntp_sync, extra=extra, **ints)
+    # The whole body is stored as status_data.
+    check_json(body, limits)
     stamp = stamp_for(body.get("timestamp"), received_at, limits)
     status_type = body.get("status") if isinstance(body.get("status"), str) else "announce"
     return Status(device_id, stamp, status_type, body)

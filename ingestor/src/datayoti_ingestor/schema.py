@@ -8,17 +8,11 @@ from importlib import resources
 
 import psycopg2
 
-from .config import Config
+from .config import Config, database_connect_kwargs
 
 log = logging.getLogger("datayoti.schema")
 MIGRATION_LOCK = 7_212_001  # pg_advisory_lock key: one migrator at a time
 VIEWS = ("device_health", "latest_sensor_readings", "sensor_data_hourly", "sensor_data_semi_hourly")
-
-
-def owner_dsn(config: Config) -> str:
-    db = config.database
-    return (f"host={db.host} port={db.port} dbname={db.name} user={db.owner_user} "
-            f"password={db.owner_password} connect_timeout={db.connect_timeout_s} application_name=datayoti-schema")
 
 
 def migration_files() -> list[tuple[str, str]]:
@@ -35,7 +29,7 @@ def views_sql() -> str:
 @contextlib.contextmanager
 def transaction(config: Config):
     """A cursor in one transaction as the owner: committed on success, always closed."""
-    conn = psycopg2.connect(owner_dsn(config))
+    conn = psycopg2.connect(**database_connect_kwargs(config.database, owner=True))
     try:
         with conn, conn.cursor() as cur:
             yield cur

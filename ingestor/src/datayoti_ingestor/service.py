@@ -20,9 +20,9 @@ import psycopg2
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from .config import Config
-from .messages import Limits, Rejected, parse_message
-from .store import Incoming, Store
+from .config import Config, database_connect_kwargs
+from .messages import Limits, Rejected, parse_message, printable
+from .store import UNREACHABLE, Incoming, Store, WriteFailed
 
 log = logging.getLogger("datayoti.ingestor")
 STATUS_EVERY_S = 5.0
@@ -82,15 +82,21 @@ def limits_from(config: Config) -> Limits:
     rules = config.rules
     return Limits(max_payload_bytes=rules.max_payload_bytes, temperature_min=rules.temperature_min,
                   temperature_max=rules.temperature_max, humidity_min=rules.humidity_min,
-                  humidity_max=rules.humidity_max, max_clock_ahead=timedelta(seconds=rules.max_clock_ahead_s))
+                  humidity_max=rules.humidity_max, max_clock_ahead=timedelta(seconds=rules.max_clock_ahead_s),
+                  max_site_id_chars=rules.max_site_id_chars, max_text_chars=rules.max_text_chars,
+                  max_json_depth=rules.max_json_depth, max_json_keys=rules.max_json_keys,
+                  max_key_chars=rules.max_key_chars)
 
 
 def classify(item: Incoming, limits: Limits) -> Incoming:
-    """Parse in place: either `parsed` or `reason`/`detail` gets set."""
+    """Parse in place: either `parsed` or `reason`/`detail` gets set. Never raises for a message."""
     try:
         item.parsed = parse_message(item.topic, item.payload, item.received_at, limits)
     except Rejected as exc:
         item.reason, item.detail = exc.reason, exc.detail
+    except Exception as exc:  # noqa: BLE001 - one message's surprise must not stop the service
+        log.exception("parsing a message on %s failed unexpectedly", printable(item.topic))
+        item.reason, item.detail = "internal_error", printable(f"{type(exc).__name__}: {exc}")
     return item
 
 
@@ -98,10 +104,19 @@ def next_backoff(current: float, initial: float, maximum: float) -> float:
     return initial if current <= 0 else min(maximum, current * 2)
 
 
-def status_line(stats: Stats, backlog: int, now: float, db_ok: bool, mqtt_ok: bool) -> str:
+def database_state(failure: WriteFailed | None) -> str:
+    """'ok', 'DOWN' (unreachable) or 'ERROR <sqlstate>' (reachable, but failing every write)."""
+    if failure is None:
+        return "ok"
+    if failure.kind == UNREACHABLE:
+        return "DOWN"
+    return f"ERROR {failure.sqlstate or failure.kind}"
+
+
+def status_line(stats: Stats, backlog: int, now: float, db_state: str, mqtt_ok: bool) -> str:
     rate = stats.rate(now)
-    return (f"{rate:.1f} msg/s, backlog {backlog}, stored {stats.stored}, rejected {stats.rejected}, "
-            f"duplicates {stats.duplicates}; database {'ok' if db_ok else 'DOWN'}, "
+    return (f"{rate:.1f} msg/s, backlog {backlog}, stored {stats.stored}, rejected {stats.rejected} "
+            f"(database refused {stats.refused}), duplicates {stats.duplicates}; database {db_state}, "
             f"broker {'ok' if mqtt_ok else 'DOWN'}")
 
 
@@ -109,6 +124,8 @@ def status_line(stats: Stats, backlog: int, now: float, db_ok: bool, mqtt_ok: bo
 class Stats:
     stored: int = 0
     rejected: int = 0
+    refused: int = 0
+    dropped: int = 0
     duplicates: int = 0
     window_start: float = 0.0
     window_count: int = 0
@@ -141,13 +158,10 @@ class Ingestor:
         self.stats = Stats()
         self.stop_requested = False
         self.mqtt_connected = threading.Event()
-        self.db_ok = False
-        db = config.database
+        # None while the database takes writes; the last WriteFailed otherwise.
+        self.db_failure: WriteFailed | None = None
         self.store = Store(
-            dsn=(f"host={db.host} port={db.port} dbname={db.name} user={db.user} password={db.password} "
-                 f"connect_timeout={db.connect_timeout_s} application_name=datayoti-ingestor "
-                 "keepalives=1 keepalives_idle=10 keepalives_interval=5 keepalives_count=3 "
-                 "options='-c statement_timeout=30000'"),
+            connect_kwargs=database_connect_kwargs(config.database),
             device_cache_ttl_s=config.rules.device_cache_ttl_s,
             payload_limit=config.rules.rejected_payload_bytes,
         )
@@ -184,9 +198,10 @@ class Ingestor:
             log.warning("disconnected from the broker (%s); paho reconnects", reason_code)
 
     def _on_message(self, client, userdata, message):
+        # Never raises: an exception here would end paho's network thread.
+        topic = message._topic.decode("utf-8", "replace") if isinstance(message._topic, bytes) else str(message._topic)
         self.inbox.put(Incoming(mid=message.mid, dup=bool(message.dup), qos=message.qos,
-                                received_at=datetime.now(UTC), topic=message.topic,
-                                payload=bytes(message.payload)))
+                                received_at=datetime.now(UTC), topic=topic, payload=bytes(message.payload)))
 
     # ------------------------------------------------------------ main thread
 
@@ -209,7 +224,7 @@ class Ingestor:
         while not self.stop_requested:
             try:
                 self.store.connect()
-                self.db_ok = True
+                self.db_failure = None
                 break
             except psycopg2.Error as exc:
                 backoff = next_backoff(backoff, self.config.batch.retry_initial_s, self.config.batch.retry_max_s)
@@ -227,27 +242,34 @@ class Ingestor:
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 
     def flush(self, batch: list[Incoming]) -> bool:
-        """Commit a batch, then acknowledge it. False if the database refused."""
+        """Commit a batch, then acknowledge it. False if it was kept for a retry."""
         try:
             result = self.store.write_batch(batch)
-        except psycopg2.Error as exc:
-            if self.db_ok:
-                log.error("database write failed, keeping %d messages unacknowledged: %s",
-                          len(batch), str(exc).strip())
-            self.db_ok = False
+        except WriteFailed as failure:
+            self.note_database_failure(failure, f"keeping {len(batch)} messages unacknowledged")
             return False
-        if not self.db_ok:
+        if self.db_failure is not None:
             log.info("database is back; writing resumed")
-        self.db_ok = True
+        self.db_failure = None
         for item in batch:
             self.client.ack(item.mid, item.qos)
         for item in batch:
             if item.reason:
-                log.warning("rejected %s: %s (%s)", item.topic, item.reason, item.detail)
+                log.warning("rejected %s: %s (%s)", printable(item.topic), item.reason, item.detail)
         self.stats.stored += result.readings + result.heartbeats + result.statuses
         self.stats.rejected += result.rejected
+        self.stats.refused += result.refused
+        self.stats.dropped += result.dropped
         self.stats.duplicates += result.duplicates
         return True
+
+    def note_database_failure(self, failure: WriteFailed, consequence: str) -> None:
+        """Log a database failure once per change of state."""
+        previous = self.db_failure
+        self.db_failure = failure
+        if previous is None or (previous.kind, previous.sqlstate) != (failure.kind, failure.sqlstate):
+            what = "not reachable" if failure.kind == UNREACHABLE else f"failing ({failure.kind})"
+            log.error("database %s, %s: %s", what, consequence, failure)
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)
@@ -284,7 +306,7 @@ class Ingestor:
             self.notify("WATCHDOG=1")
             if now - last_status >= STATUS_EVERY_S:
                 self.notify("STATUS=" + status_line(self.stats, len(self.pending) + len(self.inbox), now,
-                                                    self.db_ok, self.mqtt_connected.is_set()))
+                                                    database_state(self.db_failure), self.mqtt_connected.is_set()))
                 last_status = now
             if not (self.pending and len(self.pending) >= batch_cfg.max_rows and now >= retry_at):
                 wait = max_delay if self.pending else 1.0
@@ -295,17 +317,16 @@ class Ingestor:
         return 0
 
     def check_database(self) -> None:
+        """An idle ping, so that the status notices a database that went away between batches."""
         try:
             if self.store.conn is None:
                 self.store.connect()
             self.store.ping()
-            if not self.db_ok:
+            if self.db_failure is not None and self.db_failure.kind == UNREACHABLE:
                 log.info("database is reachable again")
-            self.db_ok = True
+                self.db_failure = None
         except psycopg2.Error as exc:
-            if self.db_ok:
-                log.error("database not reachable: %s", str(exc).strip())
-            self.db_ok = False
+            self.note_database_failure(WriteFailed(UNREACHABLE, exc), "idle")
             self.store.close()
 
     def shutdown(self) -> None:

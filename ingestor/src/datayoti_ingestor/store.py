@@ -10,6 +10,7 @@ aggregate over the raw rows.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -17,7 +18,9 @@ from datetime import datetime, timedelta
 import psycopg2
 import psycopg2.extras
 
-from .messages import Heartbeat, Reading, Status
+from .messages import Heartbeat, Reading, Status, printable
+
+log = logging.getLogger("datayoti.store")
 
 # devices.last_data_at / last_heartbeat_at are rewritten at most this often per
 # device: device_health's thresholds are minutes, and each rewrite costs the SD
@@ -157,6 +160,62 @@ class BatchResult:
     statuses: int = 0
     rejected: int = 0
     duplicates: int = 0
+    # Of `rejected`: messages the database refused, found by splitting the batch.
+    refused: int = 0
+    # Writes tried while isolating them (0 when the batch went in at once).
+    isolation_attempts: int = 0
+    # Rejects that could not even be stored as rejects: logged in full, then dropped.
+    dropped: int = 0
+
+    def add(self, other: BatchResult) -> None:
+        for name in ("readings", "heartbeats", "statuses"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+# Why a write failed, which decides what happens to its batch.
+UNREACHABLE = "unreachable"  # connection lost, server starting or stopping: keep the batch, retry
+TRANSIENT = "transient"      # deadlock, serialization, disk full, timeout: keep the batch, retry
+REFUSED = "refused"          # the data itself (SQLSTATE 22, 23, a driver ValueError): isolate the culprits
+BROKEN = "broken"            # anything else about the database (privileges, schema): keep the batch, retry
+
+UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+TRANSIENT_SQLSTATES = ("40001", "40P01", "53", "57014", "58", "25P02", "55P03")
+
+
+def failure_kind(exc: BaseException) -> str:
+    """Classify an exception raised while writing a batch."""
+    if isinstance(exc, psycopg2.Error):
+        code = exc.pgcode or ""
+        if not code:
+            # Raised by libpq or the driver without a server answer: the connection.
+            return UNREACHABLE if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError) else BROKEN
+        if code.startswith(UNREACHABLE_SQLSTATES):
+            return UNREACHABLE
+        if code.startswith(TRANSIENT_SQLSTATES):
+            return TRANSIENT
+        if code[:2] in ("22", "23"):
+            return REFUSED
+        return BROKEN
+    # Anything else comes from one message's values: psycopg2's ValueError for a NUL,
+    # an encoding error, or a bug that only some message reaches.
+    return REFUSED
+
+
+class WriteFailed(Exception):
+    """A batch that was not written; nothing of it is committed. `kind` is UNREACHABLE, TRANSIENT or BROKEN."""
+
+    def __init__(self, kind: str, cause: BaseException):
+        self.kind = kind
+        self.cause = cause
+        self.sqlstate = getattr(cause, "pgcode", None)
+        super().__init__(printable(str(cause).strip() or type(cause).__name__, 300))
+
+
+def refusal_detail(exc: BaseException) -> str:
+    """The database's (or the driver's) own words for a refused message."""
+    state = getattr(exc, "pgcode", None)
+    words = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return printable(f"{state}: {words}" if state else f"{type(exc).__name__}: {words}")
 
 
 @dataclass
@@ -207,8 +266,8 @@ def jsonb(values: list) -> list:
 
 
 class Store:
-    def __init__(self, dsn: str, device_cache_ttl_s: float, payload_limit: int):
-        self.dsn = dsn
+    def __init__(self, connect_kwargs: dict, device_cache_ttl_s: float, payload_limit: int):
+        self.connect_kwargs = connect_kwargs
         self.payload_limit = payload_limit
         self.cache = DeviceCache(device_cache_ttl_s)
         self.data_touch = TouchThrottle(TOUCH_EVERY_S)
@@ -217,7 +276,7 @@ class Store:
 
     def connect(self) -> None:
         self.close()
-        self.conn = psycopg2.connect(self.dsn)
+        self.conn = psycopg2.connect(**self.connect_kwargs)
         self.conn.autocommit = False
 
     def close(self) -> None:
@@ -233,48 +292,159 @@ class Store:
         self.conn.rollback()
 
     def write_batch(self, batch: list[Incoming]) -> BatchResult:
-        """Store a batch in one transaction. Raises psycopg2.Error (nothing stored) on failure."""
-        if self.conn is None:
-            self.connect()
-        result = BatchResult()
+        """Store a batch in one transaction, or raise WriteFailed with nothing stored.
+
+        Messages the database refuses are found by splitting the batch under
+        savepoints, in the same transaction: each becomes a `database_refused`
+        reject and the rest is committed once.
+        """
+        try:
+            if self.conn is None:
+                self.connect()
+        except psycopg2.Error as exc:
+            raise WriteFailed(failure_kind(exc), exc) from exc
         now = time.monotonic()
-        pending_cache: list[tuple[str, str | None]] = []
-        touched: list[tuple[TouchThrottle, list[str]]] = []
         try:
             with self.conn.cursor() as cur:
-                beats = [m for m in batch if isinstance(m.parsed, Heartbeat)]
-                readings = [m for m in batch if isinstance(m.parsed, Reading)]
-                statuses = [m for m in batch if isinstance(m.parsed, Status)]
-                rejects = [m for m in batch if m.parsed is None]
-                pending_cache = self._register_devices(cur, beats + readings + statuses, now)
-                if beats:
-                    params = self._heartbeat_params(beats)
-                    params["touch"] = self.heartbeat_touch.due(params["device_id"], now)
-                    touched.append((self.heartbeat_touch, params["touch"]))
-                    cur.execute(INSERT_HEARTBEATS, params)
-                    result.heartbeats = cur.fetchone()[0]
-                if readings:
-                    params = self._reading_params(readings)
-                    params["touch"] = self.data_touch.due(params["device_id"], now)
-                    touched.append((self.data_touch, params["touch"]))
-                    cur.execute(INSERT_READINGS, params)
-                    result.readings = cur.fetchone()[0]
-                if statuses:
-                    cur.execute(INSERT_STATUSES, self._status_params(statuses))
-                    result.statuses = cur.rowcount
-                if rejects:
-                    cur.execute(INSERT_REJECTS, self._reject_params(rejects))
-                    result.rejected = len(rejects)
+                outcome = self._write(cur, batch, now)
             self.conn.commit()
-        except BaseException:
+        except Exception as exc:  # noqa: BLE001 - sorted by failure_kind
             self._abandon()
-            raise
-        for device_id, site_id in pending_cache:
-            self.cache.remember(device_id, site_id, now)
-        for throttle, device_ids in touched:
-            throttle.mark(device_ids, now)
-        result.duplicates = len(batch) - len(rejects) - result.readings - result.heartbeats - result.statuses
+            kind = failure_kind(exc)
+            if kind != REFUSED:
+                raise WriteFailed(kind, exc) from exc
+            outcome = self._write_isolating(batch, now)
+        result, bookkeeping = outcome
+        self._remember(bookkeeping, now)
+        accepted = len(batch) - result.rejected - result.dropped
+        result.duplicates = accepted - result.readings - result.heartbeats - result.statuses
         return result
+
+    def _write(self, cur, batch: list[Incoming], now: float) -> tuple[BatchResult, list]:
+        """Every statement of a batch, without committing."""
+        result, bookkeeping = self._write_parsed(cur, [m for m in batch if m.parsed is not None], now)
+        rejects = [m for m in batch if m.parsed is None]
+        if rejects:
+            cur.execute(INSERT_REJECTS, self._reject_params(rejects))
+            result.rejected = len(rejects)
+        return result, bookkeeping
+
+    def _write_parsed(self, cur, items: list[Incoming], now: float) -> tuple[BatchResult, list]:
+        """The parsed messages' statements; returns what to remember once committed."""
+        result = BatchResult()
+        beats = [m for m in items if isinstance(m.parsed, Heartbeat)]
+        readings = [m for m in items if isinstance(m.parsed, Reading)]
+        statuses = [m for m in items if isinstance(m.parsed, Status)]
+        bookkeeping: list = [("cache", self._register_devices(cur, items, now))]
+        # Statuses and heartbeats carry free-form JSON, the likeliest to be refused: written before the
+        # readings, so that a refusal aborts as few written rows as possible.
+        if statuses:
+            cur.execute(INSERT_STATUSES, self._status_params(statuses))
+            result.statuses = cur.rowcount
+        if beats:
+            params = self._heartbeat_params(beats)
+            params["touch"] = self.heartbeat_touch.due(params["device_id"], now)
+            bookkeeping.append((self.heartbeat_touch, params["touch"]))
+            cur.execute(INSERT_HEARTBEATS, params)
+            result.heartbeats = cur.fetchone()[0]
+        if readings:
+            params = self._reading_params(readings)
+            params["touch"] = self.data_touch.due(params["device_id"], now)
+            bookkeeping.append((self.data_touch, params["touch"]))
+            cur.execute(INSERT_READINGS, params)
+            result.readings = cur.fetchone()[0]
+        return result, bookkeeping
+
+    def _write_isolating(self, batch: list[Incoming], now: float) -> tuple[BatchResult, list]:
+        """Split the parsed messages under savepoints until each refused one stands alone.
+
+        Messages of a part that fails are halved and tried again; a part that
+        succeeds is written once. The failed tries are rolled back.
+        """
+        result, bookkeeping = BatchResult(), []
+        try:
+            with self.conn.cursor() as cur:
+                # One part per kind first, so that only the failing kind's good messages are tried again.
+                parsed = [m for m in batch if m.parsed is not None]
+                pending = [[m for m in parsed if isinstance(m.parsed, kind)] for kind in (Status, Heartbeat, Reading)]
+                while pending:
+                    part = pending.pop()
+                    if not part:
+                        continue
+                    result.isolation_attempts += 1
+                    cur.execute("SAVEPOINT isolate")
+                    try:
+                        done, kept = self._write_parsed(cur, part, now)
+                    except Exception as exc:  # noqa: BLE001 - sorted by failure_kind
+                        if failure_kind(exc) != REFUSED:
+                            raise
+                        cur.execute("ROLLBACK TO SAVEPOINT isolate")
+                        cur.execute("RELEASE SAVEPOINT isolate")
+                        if len(part) == 1:
+                            self._refuse(part[0], exc)
+                            continue
+                        middle = len(part) // 2
+                        pending += [part[middle:], part[:middle]]
+                        continue
+                    cur.execute("RELEASE SAVEPOINT isolate")
+                    result.add(done)
+                    bookkeeping += kept
+                rejects = [m for m in batch if m.parsed is None]
+                result.rejected = len(rejects)
+                result.refused = sum(1 for m in rejects if m.reason == "database_refused")
+                result.dropped = self._write_rejects_one_by_one(cur, rejects)
+                result.rejected -= result.dropped
+            self.conn.commit()
+        except Exception as exc:  # noqa: BLE001 - sorted by failure_kind
+            self._abandon()
+            raise WriteFailed(failure_kind(exc) if failure_kind(exc) != REFUSED else BROKEN, exc) from exc
+        log.info("isolated %d refused message(s) in a batch of %d with %d writes",
+                 result.refused, len(batch), result.isolation_attempts)
+        return result, bookkeeping
+
+    @staticmethod
+    def _refuse(item: Incoming, exc: BaseException) -> None:
+        """Turn a message the database refused into a reject."""
+        item.parsed, item.reason, item.detail = None, "database_refused", refusal_detail(exc)
+
+    def _write_rejects_one_by_one(self, cur, rejects: list[Incoming]) -> int:
+        """Store rejects; one that even the reject table refuses is logged whole and dropped. Returns drops."""
+        if not rejects:
+            return 0
+        cur.execute("SAVEPOINT rejects")
+        try:
+            cur.execute(INSERT_REJECTS, self._reject_params(rejects))
+            cur.execute("RELEASE SAVEPOINT rejects")
+            return 0
+        except Exception as exc:  # noqa: BLE001 - sorted by failure_kind
+            if failure_kind(exc) != REFUSED:
+                raise
+            cur.execute("ROLLBACK TO SAVEPOINT rejects")
+            cur.execute("RELEASE SAVEPOINT rejects")
+        dropped = 0
+        for item in rejects:
+            cur.execute("SAVEPOINT rejects")
+            try:
+                cur.execute(INSERT_REJECTS, self._reject_params([item]))
+                cur.execute("RELEASE SAVEPOINT rejects")
+            except Exception as exc:  # noqa: BLE001 - sorted by failure_kind
+                if failure_kind(exc) != REFUSED:
+                    raise
+                cur.execute("ROLLBACK TO SAVEPOINT rejects")
+                cur.execute("RELEASE SAVEPOINT rejects")
+                log.error("dropped a message not even storable as a reject (%s): topic %s payload %s",
+                          refusal_detail(exc), printable(item.topic), item.payload[:4096].hex())
+                dropped += 1
+        return dropped
+
+    def _remember(self, bookkeeping: list, now: float) -> None:
+        """After a commit: the devices now known, and the last-seen columns now written."""
+        for owner, entries in bookkeeping:
+            if owner == "cache":
+                for device_id, site_id in entries:
+                    self.cache.remember(device_id, site_id, now)
+            else:
+                owner.mark(entries, now)
 
     def _abandon(self) -> None:
         try:
@@ -347,9 +517,9 @@ class Store:
     def _reject_params(self, items: list[Incoming]) -> dict:
         return {
             "received_at": [m.received_at for m in items],
-            "topic": [m.topic for m in items],
+            "topic": [printable(m.topic, 1000) for m in items],
             "payload": [psycopg2.Binary(m.payload[: self.payload_limit]) for m in items],
             "payload_bytes": [len(m.payload) for m in items],
-            "reason": [m.reason for m in items],
-            "detail": [m.detail for m in items],
+            "reason": [printable(m.reason or "unknown", 100) for m in items],
+            "detail": [printable(m.detail or "") for m in items],
         }
