@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,12 @@ TESTBED = REPO / "tests" / "testbed" / "testbed"
 ANSIBLE_DIR = REPO / "ansible"
 VENV_BIN = Path(os.environ.get("DATAYOTI_VENV", REPO / ".venv")) / "bin"
 RECAP_LINE = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+FAILED_TASK_LINE = re.compile(r"^(?:fatal|failed): \[([^\]]+)\].*$", re.M)
+UNIT_NAME = re.compile(r"\b([A-Za-z0-9@_.:\\-]+\.(?:service|socket|timer|mount|target|path|scope))\b")
+# A failed run explains itself, boundedly: per host at most this many units, lines and seconds.
+REPORT_UNITS = 6
+REPORT_LINES = 50
+REPORT_TIMEOUT_S = 60
 
 
 def tool(name: str) -> str:
@@ -43,7 +50,33 @@ def play_summary(result: subprocess.CompletedProcess) -> str:
             blocks["changed"].append("\n".join(lines[max(0, i - 2): i + 1]))
     return ("FAILED:\n" + "\n---\n".join(blocks["failed"])[-5000:]
             + "\nCHANGED:\n" + "\n---\n".join(blocks["changed"])[-3000:]
-            + "\nEND:\n" + result.stdout[-1500:] + result.stderr[-1000:])
+            + "\nEND:\n" + result.stdout[-1500:] + result.stderr[-1000:]
+            + getattr(result, "unit_report", ""))
+
+
+def units_named_in_failures(output: str) -> dict[str, list[str]]:
+    """{host: [units]} named in a run's failed tasks (e.g. "Unable to restart service X: Job for X failed")."""
+    named: dict[str, list[str]] = {}
+    for match in FAILED_TASK_LINE.finditer(output):
+        units = named.setdefault(match[1], [])
+        for unit in UNIT_NAME.findall(match[0]):
+            if unit not in units:
+                units.append(unit)
+    return named
+
+
+# Units that failed, or that a failed task names (a unit with Restart= may be running again by now),
+# each with its state and the end of its journal, which holds systemd's own words about it.
+UNIT_REPORT_SCRIPT = """
+n=0; seen=" "
+for u in $(systemctl --failed --no-legend --plain | awk '{{print $1}}') {named}; do
+  case "$seen" in *" $u "*) continue;; esac
+  seen="$seen$u "; n=$((n + 1)); [ $n -le {units} ] || break
+  echo "--- $u: $(systemctl show -p ActiveState -p SubState -p Result -p NRestarts "$u" | tr '\\n' ' ')"
+  timeout 20 journalctl -u "$u" -n {lines} --no-pager -o short-precise
+done
+[ $n -gt 0 ] || echo "(no failed unit)"
+"""
 
 
 @dataclass
@@ -79,9 +112,32 @@ class Bed:
         return self.sh(host, f"cat {path!r}").stdout
 
     def playbook(self, *extra: str, playbook: str = "site.yml", timeout: float = 1800) -> subprocess.CompletedProcess:
+        """Run a playbook; a failed run carries `unit_report` (shown by play_summary)."""
         cmd = [tool("ansible-playbook"), "-i", self.inventory, playbook, *extra]
         env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
-        return subprocess.run(cmd, cwd=ANSIBLE_DIR, text=True, capture_output=True, timeout=timeout, env=env)
+        result = subprocess.run(cmd, cwd=ANSIBLE_DIR, text=True, capture_output=True, timeout=timeout, env=env)
+        if result.returncode != 0:
+            result.unit_report = self.unit_report(units_named_in_failures(result.stdout))
+        return result
+
+    def unit_report(self, named: dict[str, list[str]] | None = None) -> str:
+        """Failed units of every host, with their journals; never raises, bounded in time."""
+        named = named or {}
+        try:
+            hosts = list(self.status()["hosts"])
+        except Exception as exc:  # a report must not hide the failure it explains
+            return f"\nUNITS: cannot read the bed's hosts: {exc!r}\n"
+        report = ["\nUNITS:"]
+        for host in hosts:
+            script = UNIT_REPORT_SCRIPT.format(named=" ".join(shlex.quote(u) for u in named.get(host, [])),
+                                               units=REPORT_UNITS, lines=REPORT_LINES)
+            try:
+                out = self.sh(host, script, check=False, timeout=REPORT_TIMEOUT_S)
+                text = (out.stdout + out.stderr).strip()
+            except subprocess.TimeoutExpired:
+                text = f"(no answer within {REPORT_TIMEOUT_S} s)"
+            report.append(f"== {host}\n{text[-8000:]}")
+        return "\n".join(report) + "\n"
 
 
 def require_root() -> None:
@@ -93,7 +149,7 @@ def require_root() -> None:
 def fleet():
     """Two simulated Pis provisioned by site.yml, shared by the integration tests."""
     require_root()
-    bed = Bed("site")
+    bed = Bed(os.environ.get("DATAYOTI_FLEET_BED", "site"))
     bed.up(2, "--sensors", "20")
     try:
         first = bed.playbook()
@@ -103,8 +159,8 @@ def fleet():
         bed.down()
 
 
-MODULE_ORDER = ["test_lint", "test_sensor_fleet", "test_site", "test_ingestor", "test_bench", "test_testbed",
-                "test_molecule"]
+MODULE_ORDER = ["test_lint", "test_sensor_fleet", "test_site", "test_ingestor", "test_datayoti", "test_bench",
+                "test_testbed", "test_molecule"]
 
 
 def pytest_collection_modifyitems(items):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import ssl
 import threading
 import time
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -25,6 +27,25 @@ def test_site_converges_both_pis(fleet):
     assert set(recap) == set(PIS)
     for host, counts in recap.items():
         assert counts["failed"] == 0 and counts["unreachable"] == 0, host
+
+
+def init_cgroup(nspawn_pid: int) -> str:
+    """The cgroup (v2, or v1 name=systemd) of a simulated Pi's PID 1, as the build machine sees it."""
+    (init,) = Path(f"/proc/{nspawn_pid}/task/{nspawn_pid}/children").read_text().split()[:1]
+    lines = Path(f"/proc/{init}/cgroup").read_text().splitlines()
+    unified = [ln[3:] for ln in lines if ln.startswith("0::")]
+    legacy = [ln.split(":", 2)[2] for ln in lines if ":name=systemd:" in ln]
+    return (unified or legacy)[0]
+
+
+def test_each_simulated_pi_has_a_cgroup_of_its_own(fleet):
+    """Issue 8, the flaky first converge: systemd-nspawn puts a container into <its own cgroup>/payload, and
+    every nspawn started from the build machine's root cgroup, so all Pis of all beds shared /payload. Their
+    systemds then removed each other's unit cgroups: a Pi restarting datayoti-migrate while another one did
+    failed with "Failed to spawn executor: No such file or directory" (Result=resources). The test bed must
+    start each Pi in a cgroup of its own."""
+    cgroups = {host: init_cgroup(info["pid"]) for host, info in fleet.status()["hosts"].items()}
+    assert len(set(cgroups.values())) == len(cgroups), f"simulated Pis share a cgroup: {cgroups}"
 
 
 def test_second_run_changes_nothing(fleet):
@@ -248,3 +269,60 @@ def test_secrets_are_private_and_differ_between_hosts(fleet):
     for path in shared_names:
         digests = {hashlib.sha256(fleet.read(h, path).encode()).hexdigest() for h in PIS}
         assert len(digests) == 2, f"{path} is the same on pi1 and pi2"
+
+
+# ------------------------------------------------------------------ firewall
+# Last in this module: it changes the fleet, then restores it and checks that site.yml finds nothing to do,
+# so that the modules after this one (test_ingestor) see the fleet as site.yml left it.
+
+EXTRA_PORT = 3000
+ROLE_PORTS = {22, 1883, 8883}  # base's SSH, mosquitto's snippet
+
+
+def live_tcp_ports(fleet, host: str) -> set[int]:
+    """The ports of the set `tcp_ports` in the kernel's ruleset (not in a file)."""
+    listing = json.loads(fleet.sh(host, "nft --json list set inet datayoti_filter tcp_ports").stdout)
+    (found,) = [item["set"] for item in listing["nftables"] if "set" in item]
+    return {e for e in found.get("elem", []) if isinstance(e, int)}
+
+
+def port_answers(fleet, host: str, port: int) -> bool:
+    """True when the Pi lets a SYN in (no listener: refused at once); False when the firewall drops it."""
+    try:
+        socket.create_connection((address(fleet, host), port), timeout=3).close()
+    except ConnectionRefusedError:
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_base_alone_applies_a_firewall_change_and_its_undoing(fleet):
+    """`--tags base` once applied nothing: its handler's name was shared with timescaledb's, whose
+    conditions skipped it. Now every role notifies base's topic `datayoti firewall changed`."""
+    for host in PIS:
+        # mosquitto's ports went live through the same topic during the first converge.
+        assert live_tcp_ports(fleet, host) >= ROLE_PORTS
+        assert EXTRA_PORT not in live_tcp_ports(fleet, host)
+        assert not port_answers(fleet, host, EXTRA_PORT)
+
+    opened = fleet.playbook("--tags", "base", "-e", json.dumps({"base_firewall_extra_tcp_ports": [EXTRA_PORT]}))
+    try:
+        assert opened.returncode == 0, play_summary(opened)
+        for host in PIS:
+            ports = live_tcp_ports(fleet, host)
+            assert EXTRA_PORT in ports, f"{host}: {sorted(ports)}\n{play_summary(opened)}"
+            assert ports >= ROLE_PORTS, f"{host}: the reload lost the roles' ports: {sorted(ports)}"
+            assert port_answers(fleet, host, EXTRA_PORT), f"{host}: port {EXTRA_PORT} still dropped"
+    finally:
+        restored = fleet.playbook("--tags", "base")
+    assert restored.returncode == 0, play_summary(restored)
+    for host in PIS:
+        ports = live_tcp_ports(fleet, host)
+        assert EXTRA_PORT not in ports and ports >= ROLE_PORTS, f"{host}: {sorted(ports)}"
+        assert not port_answers(fleet, host, EXTRA_PORT)
+
+    again = fleet.playbook()
+    assert again.returncode == 0, play_summary(again)
+    assert {h: c["changed"] for h, c in parse_recap(again.stdout).items()} == {h: 0 for h in PIS}, \
+        play_summary(again)

@@ -25,6 +25,11 @@ def leftovers(bed: Bed, hosts: dict) -> list[str]:
         if Path(f"/proc/{host['pid']}").exists():
             found.append(f"{name}: process {host['pid']}")
     found += [f"mount {line.split()[1]}" for line in mounts.splitlines() if f"datayoti-testbed/{bed.name}/" in line]
+    for line in mounts.splitlines():
+        kind, where = line.split()[2], line.split()[1]
+        cgroup = Path(where) / "datayoti-testbed" / bed.name
+        if kind in ("cgroup", "cgroup2") and cgroup.exists():
+            found.append(f"cgroup {cgroup}")
     for state_dir in (Path("/run/datayoti-testbed") / bed.name, Path("/var/tmp/datayoti-testbed") / bed.name):
         if state_dir.exists():
             found.append(f"directory {state_dir}")
