@@ -89,6 +89,7 @@ def test_service_is_notify_with_watchdog_and_ready(fleet):
 def test_systemd_analyze_security_is_2_or_lower(fleet):
     out = fleet.sh(PI, f"systemd-analyze security --no-pager {SERVICE} | tail -n 1").stdout
     score = float(out.split("exposure level for")[1].split(":")[1].split()[0])
+    print(out.strip())
     assert score <= 2.0, out
 
 

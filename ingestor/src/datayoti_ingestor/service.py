@@ -8,6 +8,7 @@ so WATCHDOG=1 proves that the main loop itself is making progress.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 import time
@@ -118,6 +119,22 @@ def status_line(stats: Stats, backlog: int, now: float, db_state: str, mqtt_ok: 
     return (f"{rate:.1f} msg/s, backlog {backlog}, stored {stats.stored}, rejected {stats.rejected} "
             f"(database refused {stats.refused}), duplicates {stats.duplicates}; database {db_state}, "
             f"broker {'ok' if mqtt_ok else 'DOWN'}")
+
+
+# status_line's format read back (`datayoti status` parses `systemctl show -P StatusText`): change both together.
+STATUS_LINE = re.compile(
+    r"(?P<rate>\d+(?:\.\d+)?) msg/s, backlog (?P<backlog>\d+), stored (?P<stored>\d+), "
+    r"rejected (?P<rejected>\d+) \(database refused (?P<refused>\d+)\), duplicates (?P<duplicates>\d+); "
+    r"database (?P<database>ok|DOWN|ERROR \S+), broker (?P<broker>ok|DOWN)")
+
+
+def parse_status_line(text: str) -> dict | None:
+    """A STATUS= line written by status_line -> its fields; None for anything else ("waiting for ...")."""
+    match = STATUS_LINE.fullmatch(text.strip())
+    if match is None:
+        return None
+    fields = {key: int(match[key]) for key in ("backlog", "stored", "rejected", "refused", "duplicates")}
+    return {"rate": float(match["rate"]), **fields, "database": match["database"], "broker": match["broker"]}
 
 
 @dataclass

@@ -201,6 +201,21 @@ def failure_kind(exc: BaseException) -> str:
     return REFUSED
 
 
+def under_savepoint(cur, action):
+    """(action(), None), or (None, the refusal) with the transaction as it was before action()."""
+    cur.execute("SAVEPOINT attempt")
+    try:
+        value = action()
+    except Exception as exc:  # noqa: BLE001 - sorted by failure_kind
+        if failure_kind(exc) != REFUSED:
+            raise
+        cur.execute("ROLLBACK TO SAVEPOINT attempt")
+        cur.execute("RELEASE SAVEPOINT attempt")
+        return None, exc
+    cur.execute("RELEASE SAVEPOINT attempt")
+    return value, None
+
+
 class WriteFailed(Exception):
     """A batch that was not written; nothing of it is committed. `kind` is UNREACHABLE, TRANSIENT or BROKEN."""
 
@@ -372,23 +387,15 @@ class Store:
                     if not part:
                         continue
                     result.isolation_attempts += 1
-                    cur.execute("SAVEPOINT isolate")
-                    try:
-                        done, kept = self._write_parsed(cur, part, now)
-                    except Exception as exc:  # noqa: BLE001 - sorted by failure_kind
-                        if failure_kind(exc) != REFUSED:
-                            raise
-                        cur.execute("ROLLBACK TO SAVEPOINT isolate")
-                        cur.execute("RELEASE SAVEPOINT isolate")
-                        if len(part) == 1:
-                            self._refuse(part[0], exc)
-                            continue
+                    written, refusal = under_savepoint(cur, lambda part=part: self._write_parsed(cur, part, now))
+                    if refusal is None:
+                        result.add(written[0])
+                        bookkeeping += written[1]
+                    elif len(part) == 1:
+                        self._refuse(part[0], refusal)
+                    else:
                         middle = len(part) // 2
                         pending += [part[middle:], part[:middle]]
-                        continue
-                    cur.execute("RELEASE SAVEPOINT isolate")
-                    result.add(done)
-                    bookkeeping += kept
                 rejects = [m for m in batch if m.parsed is None]
                 result.rejected = len(rejects)
                 result.refused = sum(1 for m in rejects if m.reason == "database_refused")
@@ -409,31 +416,17 @@ class Store:
 
     def _write_rejects_one_by_one(self, cur, rejects: list[Incoming]) -> int:
         """Store rejects; one that even the reject table refuses is logged whole and dropped. Returns drops."""
-        if not rejects:
+        def insert(items: list[Incoming]):
+            return under_savepoint(cur, lambda: cur.execute(INSERT_REJECTS, self._reject_params(items)))[1]
+
+        if not rejects or insert(rejects) is None:
             return 0
-        cur.execute("SAVEPOINT rejects")
-        try:
-            cur.execute(INSERT_REJECTS, self._reject_params(rejects))
-            cur.execute("RELEASE SAVEPOINT rejects")
-            return 0
-        except Exception as exc:  # noqa: BLE001 - sorted by failure_kind
-            if failure_kind(exc) != REFUSED:
-                raise
-            cur.execute("ROLLBACK TO SAVEPOINT rejects")
-            cur.execute("RELEASE SAVEPOINT rejects")
         dropped = 0
         for item in rejects:
-            cur.execute("SAVEPOINT rejects")
-            try:
-                cur.execute(INSERT_REJECTS, self._reject_params([item]))
-                cur.execute("RELEASE SAVEPOINT rejects")
-            except Exception as exc:  # noqa: BLE001 - sorted by failure_kind
-                if failure_kind(exc) != REFUSED:
-                    raise
-                cur.execute("ROLLBACK TO SAVEPOINT rejects")
-                cur.execute("RELEASE SAVEPOINT rejects")
+            refusal = insert([item])
+            if refusal is not None:
                 log.error("dropped a message not even storable as a reject (%s): topic %s payload %s",
-                          refusal_detail(exc), printable(item.topic), item.payload[:4096].hex())
+                          refusal_detail(refusal), printable(item.topic), item.payload[:4096].hex())
                 dropped += 1
         return dropped
 
