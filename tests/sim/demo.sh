@@ -32,9 +32,12 @@ echo "== what the ingestor stored (psql on pi1)"
   -c "SELECT device_id, count(*) AS readings FROM sensor_data GROUP BY 1 ORDER BY 1"'
 "${testbed[@]}" exec pi1 systemctl status datayoti-ingestor --no-pager --lines=0
 
+echo "== datayoti status on pi1"
+"${testbed[@]}" exec pi1 datayoti status || true  # exit 1 says what is unhealthy; the demo goes on
+
 cat <<MSG
 
 The simulated Pi stays up:
-  ${testbed[*]} ssh pi1          # log in (then: systemctl status datayoti-ingestor)
+  ${testbed[*]} ssh pi1          # log in (then: sudo datayoti status)
   make demo-down                 # remove it
 MSG
