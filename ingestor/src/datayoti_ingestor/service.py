@@ -142,7 +142,6 @@ class Stats:
     stored: int = 0
     rejected: int = 0
     refused: int = 0
-    dropped: int = 0
     duplicates: int = 0
     window_start: float = 0.0
     window_count: int = 0
@@ -276,7 +275,6 @@ class Ingestor:
         self.stats.stored += result.readings + result.heartbeats + result.statuses
         self.stats.rejected += result.rejected
         self.stats.refused += result.refused
-        self.stats.dropped += result.dropped
         self.stats.duplicates += result.duplicates
         return True
 

@@ -221,7 +221,6 @@ class WriteFailed(Exception):
 
     def __init__(self, kind: str, cause: BaseException):
         self.kind = kind
-        self.cause = cause
         self.sqlstate = getattr(cause, "pgcode", None)
         super().__init__(printable(str(cause).strip() or type(cause).__name__, 300))
 
@@ -404,7 +403,8 @@ class Store:
             self.conn.commit()
         except Exception as exc:  # noqa: BLE001 - sorted by failure_kind
             self._abandon()
-            raise WriteFailed(failure_kind(exc) if failure_kind(exc) != REFUSED else BROKEN, exc) from exc
+            kind = failure_kind(exc)
+            raise WriteFailed(BROKEN if kind == REFUSED else kind, exc) from exc
         log.info("isolated %d refused message(s) in a batch of %d with %d writes",
                  result.refused, len(batch), result.isolation_attempts)
         return result, bookkeeping
