@@ -159,8 +159,8 @@ def fleet():
         bed.down()
 
 
-MODULE_ORDER = ["test_lint", "test_sensor_fleet", "test_site", "test_ingestor", "test_datayoti", "test_bench",
-                "test_testbed", "test_molecule"]
+MODULE_ORDER = ["test_lint", "test_sensor_fleet", "test_site", "test_ingestor", "test_datayoti", "test_devices",
+                "test_backup", "test_bench", "test_testbed", "test_molecule"]
 
 
 def pytest_collection_modifyitems(items):

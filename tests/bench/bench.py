@@ -2,8 +2,9 @@
 """DataYoti Edge benchmark: ingest and dashboards, side by side, in one run.
 
 It provisions (or reuses) one simulated Pi with ansible/site.yml, then:
-- publishes a live stream from 50 simulated sensors at 100 msg/s, 1,000 msg/s
-  and flat out, at QoS 0 (the firmware's) and at QoS 1, into each consumer in turn:
+- publishes a live stream from 50 simulated sensors (`datayoti simulate`'s, data only,
+  with millisecond timestamps) at 100 msg/s, 1,000 msg/s and flat out, at QoS 0
+  (the firmware's) and at QoS 1, into each consumer in turn:
   limit A (mosquitto_sub, no database), naive (a row per message, autocommit)
   and ours (datayoti-ingestor under systemd);
 - measures limit B, COPY of as many rows straight into sensor_data;
@@ -19,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -33,9 +32,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "sim"))
+sys.path.insert(0, str(REPO / "ingestor" / "src"))
 
-from sensor_fleet import data_payload, load_credentials  # noqa: E402
+from datayoti_ingestor import simulate  # noqa: E402
 
 TESTBED = REPO / "tests" / "testbed" / "testbed"
 AGENT = Path(__file__).with_name("pi_agent.py")
@@ -114,7 +113,7 @@ def fetch_credentials(bed: str, into: Path) -> list:
     tar = subprocess.run([str(TESTBED), "--bed", bed, "exec", PI, "tar", "-C", "/etc/datayoti/sensors", "-cf", "-",
                           "."], capture_output=True, check=True, timeout=60)
     subprocess.run(["tar", "-C", str(into), "-xf", "-"], input=tar.stdout, check=True)
-    creds = [load_credentials(p) for p in sorted(into.glob("*.json"))]
+    creds = [simulate.load_credentials(p) for p in sorted(into.glob("*.json"))]
     if len(creds) < SENSORS:
         raise BenchError(f"{PI} declares {len(creds)} sensors; the benchmark needs {SENSORS}")
     return creds[:SENSORS]
@@ -128,67 +127,39 @@ def agent(bed: str, *args: str, timeout: float = 3600, as_postgres: bool = False
 
 # ------------------------------------------------------------------ publishing
 
-def unique_stamp(last: float, now: float) -> float:
-    """A millisecond timestamp after `last`: (device, time) stays unique at any rate.
-
-    Rounded down, so that a latency measured from it is never under-stated.
-    """
-    stamp = math.floor(now * 1000) / 1000
-    return stamp if stamp > last else round(last + 0.001, 3)
+def per_sensor(count: int, rate: float | None) -> tuple[int, float | None]:
+    """A step's `count` readings at `rate` msg/s in all, as (readings, readings/s) of each of the SENSORS."""
+    if count < SENSORS or count % SENSORS:
+        raise BenchError(f"{count} readings do not spread evenly over {SENSORS} sensors")
+    return count // SENSORS, rate / SENSORS if rate else None
 
 
-def firmware_ms_timestamp(epoch: float) -> str:
-    """The firmware's ISO format, with real milliseconds so that latency can be measured."""
-    ms = round(epoch * 1000)
-    return datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-
-
-def publisher_worker(creds, host: str, qos: int, count: int, rate: float | None, go, results) -> None:
-    """One process publishing `count` readings round-robin from its sensors, paced at `rate` msg/s."""
-    import paho.mqtt.client as mqtt
-
-    clients = []
-    for c in creds:
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                             client_id=f"ESP32Client-{c.device_id}-{random.randint(0, 9999)}")
-        client.username_pw_set(c.username, c.password)
-        client.max_inflight_messages_set(100)
-        client.connect(host, c.port, keepalive=90)
-        client.loop_start()
-        clients.append((c.device_id, client))
-    rng = random.Random(len(creds))
-    last = dict.fromkeys((d for d, _ in clients), 0.0)
-    infos = []
+def publisher_worker(creds, host: str, load, go, results) -> None:
+    """One process publishing `load` from its sensors with the product's simulator; reports on `results`."""
+    summary = simulate.Summary(host=host, load=load, devices=[c.device_id for c in creds])
+    sensors = simulate.connect(simulate.sensors_for(creds, seed=len(creds)), host, None, False, summary,
+                               announce=False)
+    if len(sensors) < len(creds):
+        simulate.close(sensors)
+        results.put({"error": "; ".join(summary.errors)})
+        return
     go.wait()
-    started = time.monotonic()
-    for i in range(count):
-        device, client = clients[i % len(clients)]
-        stamp = last[device] = unique_stamp(last[device], time.time())
-        payload = json.dumps(data_payload(device, firmware_ms_timestamp(stamp), rng), separators=(",", ":"))
-        infos.append(client.publish(f"datayoti/sensor/{device}/data", payload, qos=qos))
-        if rate:
-            ahead = started + (i + 1) / rate - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
-    for info in infos:
-        info.wait_for_publish(120)
-    seconds = time.monotonic() - started
-    accepted = sum(1 for info in infos if info.is_published())
-    for _, client in clients:
-        client.disconnect()
-        client.loop_stop()
-    results.put({"last": last, "sent": count, "accepted": accepted, "seconds": seconds})
+    simulate.publish(sensors, load, summary)
+    simulate.close(sensors)
+    sent = summary.published["data"]
+    results.put({"last": {s.device_id: s.last_stamp for s in sensors}, "sent": sent,
+                 "accepted": sent - summary.unsent, "seconds": summary.seconds})
 
 
 def publish(creds, host: str, qos: int, count: int, rate: float | None, workers: int, on_connected) -> dict:
-    """Publish `count` readings from all sensors; returns what the end-of-stream line needs."""
+    """Publish `count` readings (data only, millisecond timestamps); what the end-of-stream line needs."""
+    readings, sensor_rate = per_sensor(count, rate)
+    load = simulate.Load(rate=sensor_rate, duration=None, readings=readings, qos=qos, heartbeats=False, clock="ms",
+                         flush_s=120)
     ctx = multiprocessing.get_context("fork")
     go, results = ctx.Event(), ctx.Queue()
-    shares = [creds[i::workers] for i in range(workers)]
-    counts = [count // workers + (1 if i < count % workers else 0) for i in range(workers)]
-    procs = [ctx.Process(target=publisher_worker,
-                         args=(share, host, qos, n, rate / workers if rate else None, go, results))
-             for share, n in zip(shares, counts, strict=True)]
+    procs = [ctx.Process(target=publisher_worker, args=(creds[i::workers], host, load, go, results))
+             for i in range(workers)]
     for p in procs:
         p.start()
     on_connected()
@@ -197,6 +168,9 @@ def publish(creds, host: str, qos: int, count: int, rate: float | None, workers:
     reports = [results.get(timeout=900) for _ in procs]
     for p in procs:
         p.join(30)
+    failed = [r["error"] for r in reports if "error" in r]
+    if failed:
+        raise BenchError(f"publishers could not connect: {failed[0]}")
     last = {}
     for r in reports:
         last.update({d: t for d, t in r["last"].items() if t})

@@ -151,7 +151,7 @@ def test_status_reflects_a_stopped_ingestor(fleet):
     (("status",), "pi", "must run as root"),
     (("simulate", "--devices", "1"), "pi", "must run as root"),
     (("simulate", "--rate", "5"), None, "--rate: 5 is outside (0, 1]"),
-    (("simulate", "--create"), None, "not there yet"),
+    (("simulate", "--create"), None, "--create needs --devices N"),
     (("status", "--frobnicate"), None, "unrecognized arguments"),
 ])
 def test_bad_calls_get_one_line_and_exit_2(fleet, args, user, message):

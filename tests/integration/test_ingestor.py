@@ -10,8 +10,8 @@ import time
 
 import pytest
 from conftest import REPO
+from datayoti_ingestor import simulate
 from payload_strategies import generate, payloads
-from publisher import SensorClient, data_message, publish_readings, reading_time
 
 PI = "pi1"
 SERVICE = "datayoti-ingestor.service"
@@ -48,20 +48,37 @@ def wait_for(predicate, seconds: float, step: float = 0.5, what: str = "conditio
     raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
 
 
-def sensors_of(fleet, count: int) -> list[SensorClient]:
+def sensors_of(fleet, count: int) -> list[simulate.SimulatedSensor]:
+    """`count` of the Pi's sensors, connected as the firmware connects (`datayoti simulate`'s sensors)."""
     macs = fleet.status()["hosts"][PI]["sensors"][:count]
     assert len(macs) == count, f"the bed declares {len(macs)} sensors, the test needs {count}"
     address = fleet.status()["hosts"][PI]["address"]
-    clients = []
-    for mac in macs:
-        creds = json.loads(fleet.read(PI, f"/etc/datayoti/sensors/{mac}.json"))
-        clients.append(SensorClient(address, creds["MQTT_PORT"], creds["MQTT_USER"], creds["MQTT_PASSWORD"], mac))
-    return clients
+    creds = [simulate.parse_credentials(json.loads(fleet.read(PI, f"/etc/datayoti/sensors/{mac}.json")), mac)
+             for mac in macs]
+    summary = simulate.Summary(host=address)
+    sensors = simulate.connect(simulate.sensors_for(creds), address, None, False, summary)
+    assert len(sensors) == count, summary.errors
+    return sensors
+
+
+def publish_numbered(sensors, per_sensor: int, qos: int, start: int, rate: float | None = None) -> simulate.Summary:
+    """`per_sensor` numbered readings (data only) from each sensor, round-robin, at `rate` msg/s in all or flat out.
+
+    Reading n of each sensor is stamped simulate.reading_time(start + n): the rows to count, exactly once.
+    """
+    load = simulate.Load(rate=rate / len(sensors) if rate else None, duration=None, readings=per_sensor, qos=qos,
+                         heartbeats=False, clock="numbered", first=start, flush_s=300)
+    return simulate.publish(sensors, load)
+
+
+def all_sent(summary: simulate.Summary, expected: int) -> bool:
+    """Every reading handed over (PUBACKed at QoS 1), and no error."""
+    return summary.published["data"] == expected and summary.ok
 
 
 def stored_for(fleet, macs: list[str], start: int, per_sensor: int) -> tuple[int, int]:
     """(rows, distinct (device, time)) in the window of numbered readings."""
-    first, last = reading_time(start), reading_time(start + per_sensor - 1)
+    first, last = simulate.reading_time(start), simulate.reading_time(start + per_sensor - 1)
     macs_sql = ",".join(f"'{m}'" for m in macs)
     out = sql(fleet, f"SELECT count(*), count(DISTINCT (device_id, time)) FROM sensor_data "
                      f"WHERE device_id IN ({macs_sql}) AND time BETWEEN '{first.isoformat()}' AND '{last.isoformat()}'")
@@ -101,7 +118,7 @@ def test_sigkill_twice_loses_and_doubles_nothing(fleet, ingestor_active):
     try:
         report = {}
         thread = threading.Thread(target=lambda: report.update(
-            r=publish_readings(sensors, per_sensor, qos=1, rate_per_s=2000, start_index=start)))
+            r=publish_numbered(sensors, per_sensor, qos=1, start=start, rate=2000)))
         thread.start()
         restarts = int(service(fleet, "NRestarts"))
         for kill in range(2):
@@ -111,9 +128,8 @@ def test_sigkill_twice_loses_and_doubles_nothing(fleet, ingestor_active):
                      and service(fleet, "ActiveState") == "active", 60, what="the restart after SIGKILL")
         thread.join(300)
     finally:
-        for s in sensors:
-            s.close()
-    assert report["r"].accepted == 20 * per_sensor, report["r"]
+        simulate.close(sensors)
+    assert all_sent(report["r"], 20 * per_sensor), report["r"].to_json()
     macs = [s.device_id for s in sensors]
     wait_for(lambda: stored_for(fleet, macs, start, per_sensor)[0] >= 20 * per_sensor, 120,
              what="10,000 rows")
@@ -159,7 +175,7 @@ def test_bad_payloads_become_one_rejected_row_each(fleet, ingestor_active):
                            "temperature": 21.0, "humidity": 40.0, "marker_len": len(marker)})
         sensor.client.publish(f"datayoti/sensor/{sensor.device_id}/data", good, qos=1).wait_for_publish(10)
     finally:
-        sensor.close()
+        simulate.close([sensor])
     wait_for(lambda: int(sql(fleet, "SELECT count(*) FROM rejected_messages")) >= before + len(BAD_PAYLOADS), 30,
              what="the rejected rows")
     reasons = sql(fleet, f"SELECT reason FROM rejected_messages ORDER BY id OFFSET {before}").split()
@@ -206,12 +222,11 @@ WHERE v.measurement_count IS DISTINCT FROM r.n
 def test_rollups_equal_raw_aggregates_after_late_data(fleet, ingestor_active):
     sensors = sensors_of(fleet, 2)
     try:
-        publish_readings(sensors, 300, qos=1, start_index=500_000)       # a stream ...
-        publish_readings(sensors, 120, qos=1, start_index=200_000)       # ... then late readings for old buckets
-        publish_readings(sensors, 50, qos=1, start_index=500_000)        # ... and redeliveries of stored ones
+        publish_numbered(sensors, 300, qos=1, start=500_000)       # a stream ...
+        publish_numbered(sensors, 120, qos=1, start=200_000)       # ... then late readings for old buckets
+        publish_numbered(sensors, 50, qos=1, start=500_000)        # ... and redeliveries of stored ones
     finally:
-        for s in sensors:
-            s.close()
+        simulate.close(sensors)
     macs = [s.device_id for s in sensors]
     wait_for(lambda: stored_for(fleet, macs, 500_000, 300)[0] == 600
              and stored_for(fleet, macs, 200_000, 120)[0] == 240, 60, what="the readings")
@@ -246,17 +261,16 @@ def test_retention_drops_only_what_is_past_its_limit(fleet, ingestor_active):
 def publish_in_background(sensors, per_sensor: int, qos: int, rate: float, start: int):
     holder = {}
     thread = threading.Thread(target=lambda: holder.update(
-        report=publish_readings(sensors, per_sensor, qos=qos, rate_per_s=rate, start_index=start, timeout_s=600)))
+        report=publish_numbered(sensors, per_sensor, qos=qos, start=start, rate=rate)))
     thread.start()
     return thread, holder
 
 
 def finish(thread, holder, sensors, expected: int):
     thread.join(600)
-    for s in sensors:
-        s.close()
+    simulate.close(sensors)
     report = holder["report"]
-    assert report.accepted == expected and not report.errors, report
+    assert all_sent(report, expected), report.to_json()
     return report
 
 
@@ -394,7 +408,7 @@ def test_poison_messages_cannot_stop_other_sensors(fleet, ingestor_active):
         with StatusWatch(fleet) as watch:
             publish_poisons(poisoner, POISONS)
             sent_at = time.monotonic()
-            report = publish_readings([good], 20, qos=0, start_index=start)
+            report = publish_numbered([good], 20, qos=0, start=start)
             wait_for(lambda: stored_for(fleet, [good.device_id], start, 20)[0] == 20, 15,
                      what="the other sensor's readings")
             took = time.monotonic() - sent_at
@@ -402,9 +416,8 @@ def test_poison_messages_cannot_stop_other_sensors(fleet, ingestor_active):
                      what="the poison messages' rejected rows")
             time.sleep(6)  # one more STATUS update
     finally:
-        poisoner.close()
-        good.close()
-    assert report.accepted == 20 and took < 10, (report, took)
+        simulate.close([poisoner, good])
+    assert all_sent(report, 20) and took < 10, (report.to_json(), took)
     assert sorted(rejected_since(fleet, poisoner.device_id, since)) == sorted(
         ["integer_out_of_range", "nul_character", "nul_character", "nul_character"])
     assert int(service(fleet, "NRestarts")) == restarts
@@ -419,14 +432,13 @@ def test_poison_queued_at_the_broker_does_not_stop_a_starting_service(fleet, ing
     fleet.sh(PI, f"systemctl stop {SERVICE}")
     try:
         publish_poisons(poisoner, POISONS)
-        report = publish_readings([good], 10, qos=0, start_index=start)
+        report = publish_numbered([good], 10, qos=0, start=start)
         # A QoS 1 publish on the same connection: the broker has everything sent before it.
         poisoner.client.publish(f"datayoti/sensor/{poisoner.device_id}/status", b"{}", qos=1).wait_for_publish(10)
     finally:
         fleet.sh(PI, f"systemctl start {SERVICE}")
-        poisoner.close()
-        good.close()
-    assert report.accepted == 10
+        simulate.close([poisoner, good])
+    assert all_sent(report, 10), report.to_json()
     restarts = int(service(fleet, "NRestarts"))
     pid = service(fleet, "MainPID")
     wait_for(lambda: stored_for(fleet, [good.device_id], start, 10)[0] == 10, 30, what="the queued good readings")
@@ -466,13 +478,13 @@ def test_fuzzed_payloads_are_all_accounted_for(fleet, ingestor_active):
     before = settled_counters(fleet)
     since = sql(fleet, "SELECT now()")
     start, good_count = 820_000, 0
+    numbered, sent = simulate.Load(heartbeats=False, clock="numbered", first=start), simulate.Summary()
     try:
         with StatusWatch(fleet) as watch:
             for i, (kind, payload) in enumerate(generated):
                 fuzzer.client.publish(f"datayoti/sensor/{fuzzer.device_id}/{kind}", payload, qos=0)
                 if i % 4 == 0:
-                    good.client.publish(f"datayoti/sensor/{good.device_id}/data",
-                                        data_message(good.device_id, start + good_count), qos=0)
+                    simulate.send(good, good.reading(time.time(), good_count, numbered), 0, sent)
                     good_count += 1
                 if i % 100 == 99:
                     time.sleep(0.1)
@@ -485,8 +497,7 @@ def test_fuzzed_payloads_are_all_accounted_for(fleet, ingestor_active):
                      what=f"the other sensor's {good_count} readings")
             after = settled_counters(fleet)
     finally:
-        fuzzer.close()
-        good.close()
+        simulate.close([fuzzer, good])
     stored, rejected, refused, duplicates = (a - b for a, b in zip(after, before, strict=True))
     fuzz_stored = int(sql(fleet, "SELECT " + " + ".join(
         f"(SELECT count(*) FROM {table} WHERE device_id = '{fuzzer.device_id}' AND reception_time >= '{since}')"
@@ -498,6 +509,7 @@ def test_fuzzed_payloads_are_all_accounted_for(fleet, ingestor_active):
     assert fuzz_stored + fuzz_rejected + duplicates == len(generated) + 1, (fuzz_stored, fuzz_rejected, duplicates)
     assert stored == fuzz_stored + good_count + 1 and rejected == fuzz_rejected
     assert stored_for(fleet, [good.device_id], start, good_count) == (good_count, good_count)
+    assert sent.published == {"data": good_count} and not sent.errors, sent.to_json()
     assert int(service(fleet, "NRestarts")) == restarts and service(fleet, "ActiveState") == "active"
     assert not [s for s in watch.seen if "database DOWN" in s], watch.seen
 
@@ -520,10 +532,10 @@ def test_the_ingestor_connects_with_a_password_of_spaces_quotes_and_backslashes(
         assert fleet.sh(PI, "systemctl show -P Result datayoti-migrate.service").stdout.strip() == "success"
         wait_for(lambda: service(fleet, "ActiveState") == "active" and "database ok" in service(fleet, "StatusText"),
                  60, what="the ingestor connected with the new password")
-        publish_readings([sensor], 5, qos=1, start_index=830_000)
+        assert all_sent(publish_numbered([sensor], 5, qos=1, start=830_000), 5)
         wait_for(lambda: stored_for(fleet, [sensor.device_id], 830_000, 5)[0] == 5, 30, what="5 readings")
     finally:
-        sensor.close()
+        simulate.close([sensor])
         for role, password in saved.items():
             set_password(role, password)
         fleet.sh(PI, "systemctl restart datayoti-migrate.service datayoti-ingestor.service")

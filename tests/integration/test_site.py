@@ -15,7 +15,8 @@ import pytest
 from conftest import parse_recap, play_summary
 
 PIS = ("pi1", "pi2")
-SECRET_GLOBS = ("/etc/datayoti/secrets/*", "/etc/datayoti/sensors/*.json", "/etc/mosquitto/certs/server.key")
+SECRET_GLOBS = ("/etc/datayoti/secrets/*", "/etc/datayoti/sensors/*.json", "/etc/mosquitto/certs/server.key",
+                "/var/lib/mosquitto/dynamic-security.json")
 MQTT_WAIT_S = 10
 
 
@@ -84,16 +85,19 @@ class Session:
     def __init__(self, host: str, port: int, username: str | None = None, password: str | None = None,
                  ca_pem: str | None = None, tls: bool = False):
         self.connected = threading.Event()
+        self.disconnected = threading.Event()
         self.subscribed = threading.Event()
         self.reason = None
         self.messages: list[tuple[str, bytes]] = []
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        # No automatic reconnection: a disconnect stays visible.
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, reconnect_on_failure=False)
         if username is not None:
             self.client.username_pw_set(username, password)
         if tls:
             ctx = ssl.create_default_context(cadata=ca_pem) if ca_pem else ssl.create_default_context()
             self.client.tls_set_context(ctx)
         self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda *a: self.disconnected.set()
         self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload))
         self.client.connect(host, port, keepalive=30)

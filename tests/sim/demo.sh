@@ -9,31 +9,34 @@ venv_bin=${DATAYOTI_VENV:-$repo/.venv}/bin
 sensors=${DEMO_SENSORS:-5}
 duration=${DEMO_DURATION:-20}
 
-"${testbed[@]}" up 1 --sensors "$sensors" >/dev/null
+"${testbed[@]}" up 1 --sensors 0 >/dev/null
 inventory=$("${testbed[@]}" inventory)
 address=$("${testbed[@]}" status | "$venv_bin/python" -c 'import json,sys; print(json.load(sys.stdin)["hosts"]["pi1"]["address"])')
+on_pi=("${testbed[@]}" exec pi1)
 
 echo "== provisioning pi1 ($address) with ansible/site.yml"
 (cd "$repo/ansible" && PATH="$venv_bin:$PATH" ansible-playbook -i "$inventory" site.yml)
 
-echo "== fetching the sensors' credentials from pi1 (/etc/datayoti/sensors)"
-creds=$(mktemp -d)
-trap 'rm -rf "$creds"' EXIT
-"${testbed[@]}" exec pi1 tar -C /etc/datayoti/sensors -cf - . | tar -C "$creds" -xf -
+echo "== datayoti device add: $sensors sensors, each with its own broker account"
+for i in $(seq 1 "$sensors"); do
+  mac=$(printf '02:DE:30:00:00:%02X' "$i")
+  "${on_pi[@]}" datayoti device show "$mac" >/dev/null 2>&1 \
+    || "${on_pi[@]}" datayoti device add "$mac" --site DEMO --name "demo sensor $i" --json >/dev/null
+done
+echo "-- what the first sensor's firmware needs (datayoti device show 02:DE:30:00:00:01 --config-h):"
+"${on_pi[@]}" datayoti device show 02:DE:30:00:00:01 --config-h | head -5
+"${on_pi[@]}" datayoti device list
 
-echo "== $sensors simulated sensors publish every 2 s for ${duration}s, at QoS 0 like the firmware"
-"$venv_bin/python" "$repo/tests/sim/sensor_fleet.py" --credentials "$creds" --host "$address" \
-  --interval 2 --duration "$duration"
-sleep 2
+echo "== datayoti simulate: $sensors sensors publish like the firmware for ${duration}s"
+"${on_pi[@]}" datayoti simulate --devices "$sensors" --rate 0.5 --duration "$duration" --site DEMO
 
 echo "== what the ingestor stored (psql on pi1)"
-"${testbed[@]}" exec pi1 sh -c 'cd / && sudo -u postgres psql -d datayoti_db \
-  -c "SELECT * FROM latest_sensor_readings" -c "SELECT * FROM device_health" \
+"${on_pi[@]}" sh -c 'cd / && sudo -u postgres psql -d datayoti_db \
+  -c "SELECT * FROM latest_sensor_readings" \
   -c "SELECT device_id, count(*) AS readings FROM sensor_data GROUP BY 1 ORDER BY 1"'
-"${testbed[@]}" exec pi1 systemctl status datayoti-ingestor --no-pager --lines=0
 
 echo "== datayoti status on pi1"
-"${testbed[@]}" exec pi1 datayoti status || true  # exit 1 says what is unhealthy; the demo goes on
+"${on_pi[@]}" datayoti status || true  # exit 1 says what is unhealthy; the demo goes on
 
 cat <<MSG
 

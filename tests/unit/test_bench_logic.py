@@ -1,4 +1,4 @@
-"""Pure logic of the benchmark: percentiles, commit times, timestamps, profiles, targets."""
+"""Pure logic of the benchmark: percentiles, commit times, the publishers' share, profiles, targets."""
 
 from __future__ import annotations
 
@@ -65,15 +65,16 @@ def test_agent_rejects_bad_arguments():
         pi_agent.parse_args(["consume", "--kind", "fast", "--count", "1", "--since", "0", "--devices", "a"])
 
 
-def test_stamps_stay_unique_per_device():
-    assert bench.unique_stamp(0.0, 10.0009) == 10.0
-    assert bench.unique_stamp(10.0, 10.0002) == 10.001
-    assert bench.unique_stamp(10.001, 10.0) == 10.002
+def test_a_steps_readings_spread_evenly_over_the_sensors():
+    assert bench.per_sensor(2000, None) == (40, None)
+    assert bench.per_sensor(1000, 1000.0) == (20, 20.0)
+    for count in (30, 1001):
+        with pytest.raises(bench.BenchError, match="spread evenly"):
+            bench.per_sensor(count, None)
+    for steps in (bench.plan(True), bench.plan(False)):
+        for count in steps["rates"].values():
+            bench.per_sensor(count, None)
 
-
-def test_firmware_timestamp_keeps_milliseconds():
-    assert bench.firmware_ms_timestamp(1700000000.123) == "2023-11-14T22:13:20.123Z"
-    assert bench.firmware_ms_timestamp(1700000000.9996) == "2023-11-14T22:13:21.000Z"
 
 
 def test_py_spy_self_time():

@@ -90,9 +90,13 @@ def test_a_failing_command_is_one_line_and_exit_1():
     assert code == 1 and err == "datayoti: status failed: RuntimeError: disk on fire\n"
 
 
-def test_simulate_create_is_not_there_yet():
-    code, _, err = call(["simulate", "--create"], run=appliance.simulate.command)
-    assert code == 2 and "not there yet" in err and err.count("\n") == 1
+@pytest.mark.parametrize(("argv", "message"), [
+    (["simulate", "--create"], "--create needs --devices N"),
+    (["simulate", "--create", "--devices", "2", "--credentials", "/tmp"], "not allowed with argument --create"),
+])
+def test_simulate_create_usage_errors(argv, message):
+    code, _, err = call(argv, run=appliance.simulate.command)
+    assert code == 2 and message in err and err.count("\n") == 1, err
 
 
 def test_simulate_without_accounts_is_not_found(tmp_path):

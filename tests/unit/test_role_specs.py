@@ -145,7 +145,7 @@ def test_readme_documents_every_variable(role):
     assert not problems, f"roles/{role}/README.md:\n" + "\n".join(problems)
 
 
-def test_the_ingestor_role_installs_every_console_command_of_the_package():
+def test_the_appliance_role_installs_every_console_command_of_the_package():
     scripts = tomllib.loads((REPO / "ingestor" / "pyproject.toml").read_text())["project"]["scripts"]
-    installed = yaml.safe_load((REPO / "roles" / "ingestor" / "vars" / "main.yml").read_text())["__ingestor_commands"]
+    installed = yaml.safe_load((REPO / "roles" / "appliance" / "vars" / "main.yml").read_text())["__appliance_commands"]
     assert {c["name"]: f"{c['module']}:main" for c in installed} == scripts

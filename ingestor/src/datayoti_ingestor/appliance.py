@@ -4,7 +4,10 @@ Each subcommand lives in its own module, which adds its parser with `add_parser(
 sets `run` (args -> exit code) and `needs_root` (args -> bool) as defaults:
 
   status    health at a glance (health.py)
+  device    sensors' accounts and the device registry (devices.py)
+  secrets   this Pi's secrets, made and applied here (hostsecrets.py)
   simulate  simulated sensors publishing like the firmware (simulate.py)
+  backup    one checksummed file of the database, accounts and secrets; restore (backup.py)
 
 Exit codes: 0 ok, 1 unhealthy or not found, 2 usage error (a non-root call included).
 Every error is one line on stderr, never a traceback.
@@ -16,11 +19,11 @@ import argparse
 import os
 import sys
 
-from . import health, simulate
+from . import backup, devices, health, hostsecrets, simulate
 
 PROG = "datayoti"
-# The subcommands, in the order --help lists them; a new one (device, secrets, backup...) is added here.
-COMMANDS = (health, simulate)
+# The subcommands, in the order --help lists them; a new one is added here.
+COMMANDS = (health, devices, hostsecrets, simulate, backup)
 
 
 class Parser(argparse.ArgumentParser):

@@ -175,7 +175,7 @@ def iso(value: datetime | None) -> str | None:
 def build_report(facts: Facts) -> dict:
     """The status document: what --json prints, and what the text is made from."""
     found = problems(facts)
-    counts = {h: sum(1 for d in facts.devices if d["health"] == h) for h in ("online", "warning", "offline")}
+    counts = {h: sum(1 for d in facts.devices if d["health"] == h) for h in ("online", "warning", "offline", "new")}
     return {
         "healthy": not found,
         "problems": found,
@@ -238,7 +238,7 @@ def format_text(report: dict) -> str:
         lines.append(f"rejects   {rejects['total']} in the last hour{': ' + reasons if reasons else ''}")
     devices = report["devices"]
     lines.append(f"devices   {devices['total']}: {devices['online']} online, {devices['warning']} warning, "
-                 f"{devices['offline']} offline")
+                 f"{devices['offline']} offline" + (f", {devices['new']} new" if devices["new"] else ""))
     for d in devices["list"]:
         health = d["health"] if d["is_active"] else f"{d['health']}, inactive"
         lines.append(f"  {d['device_id']}  {d['site_id'] or '-':<12} {health:<8} last seen "
@@ -306,8 +306,11 @@ def gather_database(cfg: config_module.Config, facts: Facts) -> None:
                 reasons = cur.fetchall()
                 facts.rejects_last_hour = sum(n for _, n in reasons)
                 facts.top_reject_reasons = [(r, n) for r, n in reasons[:TOP_REJECT_REASONS]]
+                # A device added but never heard from is "new": waiting for its first message, not offline.
                 cur.execute("SELECT h.device_id, h.site_id, greatest(d.last_heartbeat_at, d.last_data_at), "
-                            "h.health_status, d.is_active FROM device_health h JOIN devices d USING (device_id) "
+                            "CASE WHEN coalesce(d.last_heartbeat_at, d.last_data_at) IS NULL THEN 'new' "
+                            "ELSE h.health_status END, d.is_active "
+                            "FROM device_health h JOIN devices d USING (device_id) "
                             "ORDER BY h.site_id NULLS LAST, h.device_id")
                 facts.devices = [{"device_id": r[0], "site_id": r[1], "last_seen": r[2], "health": r[3],
                                   "is_active": r[4]} for r in cur.fetchall()]
