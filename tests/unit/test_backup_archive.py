@@ -23,7 +23,7 @@ DUMP_BYTES = b"PGDMP" + bytes(range(256)) * 40  # any bytes: verification does n
 ROWS = {"sensor_data": 1234, "devices": 3, "schema_migrations": 2}
 FILES = [
     ("/etc/datayoti/secrets/postgresql-mqtt_ingestor.password", b"s3cret\n", "0600", "root", "root"),
-    ("/etc/datayoti/secrets/mqtt-ca.key", b"-----BEGIN PRIVATE KEY-----\n", "0600", "root", "root"),
+    ("/etc/datayoti/secrets/mqtt-ca.key", b"(a stand-in for the CA key)\n", "0600", "root", "root"),
     ("/etc/datayoti/sensors/1C:69:20:E9:18:24.json", b'{"device_id": "1C:69:20:E9:18:24"}\n', "0600", "root",
      "root"),
     ("/etc/mosquitto/certs/server.key", b"key\n", "0600", "mosquitto", "mosquitto"),

@@ -25,10 +25,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import config as config_module
+from . import layout
 from .service import parse_status_line
 
-INGESTOR_UNIT = "datayoti-ingestor.service"
-MOSQUITTO_UNIT = "mosquitto.service"
+INGESTOR_UNIT = layout.INGESTOR_UNIT
+MOSQUITTO_UNIT = layout.MOSQUITTO_UNIT
 RETENTION_TIMER = "datayoti-retention.timer"
 READER_ROLE = "grafana_reader"
 READER_PASSWORD_FILE = Path("/etc/datayoti/secrets/postgresql-grafana_reader.password")

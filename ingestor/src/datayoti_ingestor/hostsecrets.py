@@ -53,11 +53,11 @@ class Password:
 
 
 PASSWORDS = (
-    Password("postgresql-datayoti_owner", "postgresql", "datayoti_owner", ("datayoti-migrate.service",)),
-    Password("postgresql-mqtt_ingestor", "postgresql", "mqtt_ingestor", ("datayoti-ingestor.service",)),
+    Password("postgresql-datayoti_owner", "postgresql", "datayoti_owner", (layout.MIGRATE_UNIT,)),
+    Password("postgresql-mqtt_ingestor", "postgresql", "mqtt_ingestor", (layout.INGESTOR_UNIT,)),
     Password("postgresql-grafana_reader", "postgresql", "grafana_reader", ("grafana-server.service",)),
     Password("mqtt-datayoti_admin", "mqtt", layout.MQTT_ADMIN_USER),
-    Password("mqtt-datayoti_ingestor", "mqtt", layout.MQTT_INGESTOR_USER, ("datayoti-ingestor.service",)),
+    Password("mqtt-datayoti_ingestor", "mqtt", layout.MQTT_INGESTOR_USER, (layout.INGESTOR_UNIT,)),
 )
 TLS_NAMES = ("mqtt-ca", "mqtt-server")
 ROTATABLE = tuple(p.name for p in PASSWORDS) + TLS_NAMES

@@ -12,7 +12,6 @@ SECRETS_DIR = ETC_DIR / "secrets"  # root 0700: one file per secret, read by sys
 SENSORS_DIR = ETC_DIR / "sensors"  # root 0700: the device registry, one <MAC>.json per sensor account
 INGESTOR_CONFIG = ETC_DIR / "ingestor.toml"
 BROKER_CONFIG = ETC_DIR / "broker.toml"  # written by the mosquitto role: ports, public host, TLS names
-STATE_DIR = Path("/var/lib/datayoti")
 BACKUP_DIR = Path("/var/backups/datayoti")
 
 MOSQUITTO_CERTS_DIR = Path("/etc/mosquitto/certs")
@@ -24,14 +23,13 @@ SERVER_CERT = MOSQUITTO_CERTS_DIR / "server.crt"
 DYNSEC_FILE = Path("/var/lib/mosquitto/dynamic-security.json")
 MOSQUITTO_USER = "mosquitto"
 
-INGESTOR_UNITS = ("datayoti-migrate.service", "datayoti-ingestor.service")
+INGESTOR_UNIT = "datayoti-ingestor.service"
+MIGRATE_UNIT = "datayoti-migrate.service"
 MOSQUITTO_UNIT = "mosquitto.service"
 
 # MQTT accounts of the appliance itself; sensors' accounts are their MACs with hyphens.
 MQTT_ADMIN_USER = "datayoti_admin"
 MQTT_INGESTOR_USER = "datayoti_ingestor"
-# PostgreSQL login roles, owner first (roles/timescaledb creates them, this program sets their passwords).
-DB_ROLES = ("datayoti_owner", "mqtt_ingestor", "grafana_reader")
 
 
 def password_file(name: str) -> Path:
