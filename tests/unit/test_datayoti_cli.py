@@ -15,6 +15,7 @@ import pytest
 from datayoti_ingestor import appliance, health, simulate
 from datayoti_ingestor.messages import Heartbeat, Reading, Rejected, Status, parse_message
 from datayoti_ingestor.service import Stats, parse_status_line, status_line
+from fake_paho import Client as FakeClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -433,52 +434,6 @@ def test_load_fleet(tmp_path):
 
 
 # ------------------------------------------------------------------ simulate: a run, against a fake broker
-
-class FakeReasonCode:
-    def __init__(self, failure: bool):
-        self.is_failure = failure
-
-    def __str__(self):
-        return "Not authorized" if self.is_failure else "Success"
-
-
-class FakeInfo:
-    rc = 0
-
-    def is_published(self):
-        return True
-
-
-class FakeClient:
-    """Records what a sensor does, in order; `refuse` makes the broker refuse it."""
-
-    def __init__(self, client_id: str, refuse: bool = False):
-        self.client_id, self.refuse, self.calls = client_id, refuse, []
-        self.on_connect = None
-
-    def username_pw_set(self, username, password):
-        self.calls.append(("login", username))
-
-    def will_set(self, topic, payload, qos, retain):
-        self.calls.append(("will", topic, json.loads(payload), qos, retain))
-
-    def connect(self, host, port, keepalive):
-        self.calls.append(("connect", host, port, keepalive))
-        self.on_connect(self, None, None, FakeReasonCode(self.refuse), None)
-
-    def loop_start(self):
-        pass
-
-    def publish(self, topic, payload, qos=0, retain=False):
-        self.calls.append(("publish", topic, payload, qos, retain))
-        return FakeInfo()
-
-    def disconnect(self):
-        self.calls.append(("disconnect",))
-
-    def loop_stop(self):
-        pass
-
 
 def fake_run(tmp_path, macs, refuse=(), **kw):
     for mac in macs:

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import datayoti_ingestor
 import pytest
 from datayoti_ingestor import appliance, simulate
+from fake_paho import Client
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -82,55 +83,6 @@ def test_a_fault_replaces_the_message_on_its_topic_or_comes_after():
 
 
 # ------------------------------------------------------------------ publishing, against a fake broker
-
-class Reason:
-    def __init__(self, failure: bool):
-        self.is_failure = failure
-
-    def __str__(self):
-        return "Not authorized" if self.is_failure else "Success"
-
-
-class Info:
-    """paho's MQTTMessageInfo: `acked` False is a QoS 1 message the broker never PUBACKs."""
-
-    def __init__(self, acked: bool = True):
-        self.rc, self.acked = 0, acked
-
-    def is_published(self):
-        return self.acked
-
-    def wait_for_publish(self, timeout=None):
-        pass
-
-
-class Client:
-    def __init__(self, client_id: str, refuse: bool = False, ack_qos1: bool = True):
-        self.client_id, self.refuse, self.ack_qos1 = client_id, refuse, ack_qos1
-        self.published, self.on_connect = [], None
-
-    def username_pw_set(self, username, password):
-        pass
-
-    def will_set(self, topic, payload, qos, retain):
-        pass
-
-    def connect(self, host, port, keepalive):
-        self.on_connect(self, None, None, Reason(self.refuse), None)
-
-    def loop_start(self):
-        pass
-
-    def publish(self, topic, payload, qos=0, retain=False):
-        self.published.append((topic, json.loads(payload), qos, retain))
-        return Info(acked=qos == 0 or self.ack_qos1)
-
-    def disconnect(self):
-        pass
-
-    def loop_stop(self):
-        pass
-
 
 def creds(mac: str, site: str | None = None) -> simulate.SensorCredentials:
     return simulate.parse_credentials({"device_id": mac, "MQTT_USER": mac.replace(":", "-"), "MQTT_PASSWORD": "pw",
