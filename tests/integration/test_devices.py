@@ -194,8 +194,8 @@ def digest_of_state(fleet) -> str:
     """Everything a bad `device` call could change: registry files, broker accounts, devices rows."""
     files = fleet.sh(PI, "cd /etc/datayoti/sensors && sha256sum * && sha256sum /var/lib/mosquitto/dynamic-security.json"
                      ).stdout
-    rows = sql(fleet, "SELECT string_agg(device_id || coalesce(site_id, '') || coalesce(device_name, '') || is_active, "
-                      "',' ORDER BY device_id) FROM devices")
+    rows = sql(fleet, "SELECT string_agg(device_id || coalesce(site_id, '') || coalesce(device_name, '') "
+                      "|| device_type || is_active, ',' ORDER BY device_id) FROM devices")
     return hashlib.sha256((files + rows).encode()).hexdigest()
 
 
@@ -212,7 +212,10 @@ def digest_of_state(fleet) -> str:
     (("device", "sync", "--managed-by", "inventory", "02:D7:00:01:00:01", "nonsense"), 1, "is not a MAC"),
     (("device", "sync", "--managed-by", "someone", "02:D7:00:01:00:01"), 2, "invalid choice"),
     (("device", "frobnicate"), 2, "invalid choice"),
+    (("device", "add", "02:D7:AA:00:00:09", "--model", "BME280"), 2, "invalid choice"),
     (("secrets", "rotate", "nothing-like-it"), 2, "invalid choice"),
+    # It encrypts what Grafana stores: never replaced.
+    (("secrets", "rotate", "grafana-secret_key"), 2, "invalid choice"),
 ])
 def test_bad_input_gets_one_line_and_changes_nothing(fleet, args, code, message):
     """Acceptance 6 (devices and secrets; backups: test_backup.py)."""
@@ -225,6 +228,18 @@ def test_bad_input_gets_one_line_and_changes_nothing(fleet, args, code, message)
     assert result.stdout == ""
     time.sleep(0.2)
     assert digest_of_state(fleet) == before, f"{args} changed something"
+
+
+def test_the_sensor_model_decides_the_device_type_the_alerts_read(fleet):
+    mac = "02:D7:AA:00:00:0B"
+    try:
+        added = datayoti(fleet, "device", "add", mac, "--model", "DHT11", "--json")
+        assert added.returncode == 0, added.stdout + added.stderr
+        assert json.loads(added.stdout)["model"] == "DHT11"
+        assert sql(fleet, f"SELECT device_type FROM devices WHERE device_id = '{mac}'") == "ESP32-DHT11"
+        assert "model      DHT11" in datayoti(fleet, "device", "show", mac).stdout
+    finally:
+        datayoti(fleet, "device", "remove", mac, "--purge")
 
 
 def test_simulate_create_adds_the_missing_accounts_once(fleet):

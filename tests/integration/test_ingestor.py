@@ -186,6 +186,30 @@ def test_bad_payloads_become_one_rejected_row_each(fleet, ingestor_active):
     assert int(sql(fleet, "SELECT max(payload_bytes) - max(octet_length(payload)) FROM rejected_messages")) > 0
 
 
+def test_appliance_stats_count_what_the_ingestor_did(fleet, ingestor_active):
+    """One row a minute: the dashboards' ingest rate, rejects, backlog, database size and disk free."""
+    since = sql(fleet, "SELECT now()")
+    sensor = sensors_of(fleet, 1)[0]
+    try:
+        for i in range(20):
+            good = json.dumps({"device_id": sensor.device_id, "timestamp": f"2025-06-02T00:{i:02d}:00.000Z",
+                               "temperature": 21.0, "humidity": 40.0})
+            sensor.client.publish(f"datayoti/sensor/{sensor.device_id}/data", good, qos=1).wait_for_publish(10)
+        for _ in range(3):
+            sensor.client.publish(f"datayoti/sensor/{sensor.device_id}/data", b"not json", qos=1).wait_for_publish(10)
+    finally:
+        simulate.close([sensor])
+    totals = ("SELECT coalesce(sum(received), 0) >= 23 AND coalesce(sum(rejected), 0) >= 3 "
+              f"FROM appliance_stats WHERE time > '{since}'")
+    wait_for(lambda: sql(fleet, totals) == "t", 150, step=5,
+             what="appliance_stats rows counting 23 messages and 3 rejects")
+    row = sql(fleet, f"SELECT interval_s, backlog, database_bytes, disk_free_bytes, disk_total_bytes "
+                     f"FROM appliance_stats WHERE time > '{since}' ORDER BY time DESC LIMIT 1").split("|")
+    interval_s, backlog, database_bytes, free, total = float(row[0]), *map(int, row[1:])
+    assert 50 <= interval_s <= 120 and backlog >= 0, row
+    assert database_bytes > 1_000_000 and 0 < free <= total, row
+
+
 # ------------------------------------------------------------------ schema
 
 SEED_QUERIES = [
@@ -244,6 +268,9 @@ def test_retention_drops_only_what_is_past_its_limit(fleet, ingestor_active):
             (now() - INTERVAL '300 days', '{mac}', 20, 50);
         INSERT INTO device_heartbeats (time, device_id) VALUES
             (now() - INTERVAL '200 days', '{mac}'), (now() - INTERVAL '100 days', '{mac}');
+        INSERT INTO appliance_stats (time, interval_s, received, stored, rejected, database_refused, duplicates,
+                                     backlog) VALUES
+            (now() - INTERVAL '200 days', 60, 0, 0, 0, 0, 0, 0), (now() - INTERVAL '100 days', 60, 0, 0, 0, 0, 0, 0);
     """)
     result = fleet.sh(PI, "systemctl start datayoti-retention.service && journalctl -u datayoti-retention "
                           "--no-pager -n 20", check=False)
@@ -251,9 +278,12 @@ def test_retention_drops_only_what_is_past_its_limit(fleet, ingestor_active):
     assert sql(fleet, f"SELECT count(*) FROM sensor_data WHERE device_id = '{mac}'") == "1"
     assert sql(fleet, f"SELECT count(*) FROM device_heartbeats WHERE device_id = '{mac}'") == "1"
     assert sql(fleet, "SELECT count(*) FROM sensor_data WHERE time < now() - INTERVAL '366 days'") == "0"
+    assert sql(fleet, "SELECT count(*) FROM appliance_stats WHERE time < now() - INTERVAL '184 days'") == "0"
+    assert sql(fleet, "SELECT count(*) FROM appliance_stats WHERE time < now() - INTERVAL '99 days'") == "1"
     # The rows written here bypassed the ingestor and its rollups: leave none behind.
     sql(fleet, f"DELETE FROM sensor_data WHERE device_id = '{mac}'; "
-               f"DELETE FROM device_heartbeats WHERE device_id = '{mac}'")
+               f"DELETE FROM device_heartbeats WHERE device_id = '{mac}'; "
+               "DELETE FROM appliance_stats WHERE time < now() - INTERVAL '99 days'")
 
 
 # ------------------------------------------------------------------ outages

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from datayoti_ingestor import appliance, health, simulate
+from datayoti_ingestor import appliance, health, simulate, storage
 from datayoti_ingestor.messages import Heartbeat, Reading, Rejected, Status, parse_message
 from datayoti_ingestor.service import Stats, parse_status_line, status_line
 from fake_paho import Client as FakeClient
@@ -189,8 +189,8 @@ DISKSTATS = """ 179       0 mmcblk0 8101 2511 596874 6092 41211 40217 2392904 11
 
 
 def test_parse_diskstats_and_boot_time():
-    assert health.parse_diskstats(DISKSTATS, "mmcblk0") == 2392904
-    assert health.parse_diskstats(DISKSTATS, "sda") is None
+    assert storage.parse_diskstats(DISKSTATS, "mmcblk0") == 2392904
+    assert storage.parse_diskstats(DISKSTATS, "sda") is None
     assert health.parse_boot_time("cpu 1 2 3\nbtime 1763900000\n") == datetime.fromtimestamp(1763900000, tz=UTC)
     assert health.parse_boot_time("cpu 1\n") is None
 

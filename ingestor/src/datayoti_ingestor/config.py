@@ -93,6 +93,14 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class StatsConfig:
+    # One appliance_stats row (counters, backlog, disk, card writes) this often.
+    interval_s: int = 60
+    # Where PostgreSQL keeps its data: its filesystem's free space and block device are reported.
+    disk_path: str = "/var/lib/postgresql"
+
+
+@dataclass(frozen=True)
 class RetentionConfig:
     sensor_data_days: int = 365
     heartbeat_days: int = 183
@@ -107,6 +115,7 @@ class Config:
     batch: BatchConfig = BatchConfig()
     rules: RulesConfig = RulesConfig()
     health: HealthConfig = HealthConfig()
+    stats: StatsConfig = StatsConfig()
     retention: RetentionConfig = RetentionConfig()
 
 
@@ -117,7 +126,7 @@ POSITIVE = {
     "rules.max_text_chars", "rules.max_json_depth", "rules.max_json_keys", "rules.max_key_chars",
     "health.online_minutes",
     "health.warning_minutes", "retention.sensor_data_days", "retention.heartbeat_days", "retention.status_days",
-    "retention.rejected_days",
+    "retention.rejected_days", "stats.interval_s",
 }
 
 
@@ -210,7 +219,7 @@ def load(path: Path | None = None, env: dict[str, str] | None = None) -> Config:
     if unknown:
         raise ConfigError(f"{path}: unknown section(s): {', '.join(unknown)}")
     classes = {"mqtt": MqttConfig, "database": DatabaseConfig, "batch": BatchConfig, "rules": RulesConfig,
-               "health": HealthConfig, "retention": RetentionConfig}
+               "health": HealthConfig, "stats": StatsConfig, "retention": RetentionConfig}
     built = {name: build_section(name, cls, raw.get(name, {}), env, str(path)) for name, cls in classes.items()}
     credentials = env.get("CREDENTIALS_DIRECTORY")
     for dotted, credential in SECRETS.items():

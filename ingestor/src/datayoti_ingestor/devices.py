@@ -22,6 +22,8 @@ from .config import load as load_config
 
 MAC_PATTERN = re.compile(r"^[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}$")
 MANAGERS = ("cli", "inventory")
+# The DHT fitted: it decides the alert thresholds (devices.device_type, ESP32-<model>).
+MODELS = ("DHT22", "DHT11")
 MAX_NAME_CHARS = RulesConfig.max_text_chars
 # Tables that hold a device's history, purged by `remove --purge` (devices last).
 HISTORY_TABLES = ("sensor_data", "device_heartbeats", "device_status", "rollup_semi_hourly", "rollup_hourly",
@@ -56,12 +58,20 @@ def check_label(kind: str, value: str | None, limit: int) -> str | None:
     return value
 
 
+def device_type(model: str) -> str:
+    """devices.device_type for a sensor model: 'DHT11' -> 'ESP32-DHT11'."""
+    if model not in MODELS:
+        raise DeviceError(f"the model must be one of {', '.join(MODELS)}, not {model[:20]!r}")
+    return f"ESP32-{model}"
+
+
 def credentials(mac: str, password: str, *, server: str, settings: broker.BrokerSettings, ca_cert: str,
-                site: str | None, name: str | None, managed_by: str) -> dict:
+                site: str | None, name: str | None, managed_by: str, model: str = MODELS[0]) -> dict:
     """What a sensor's firmware needs, with the registry's own fields."""
     return {"device_id": mac, "MQTT_SERVER": server, "MQTT_PORT": settings.port, "MQTT_TLS_PORT": settings.tls_port,
             "MQTT_USER": username_of(mac), "MQTT_PASSWORD": password, "CA_CERT": ca_cert,
-            "topic_prefix": f"datayoti/sensor/{mac}/", "site": site, "name": name, "managed_by": managed_by}
+            "topic_prefix": f"datayoti/sensor/{mac}/", "site": site, "name": name, "managed_by": managed_by,
+            "model": model}
 
 
 def c_string(value: str) -> str:
@@ -85,6 +95,7 @@ def render_text(creds: dict) -> str:
     return "\n".join([
         f"sensor     {creds['device_id']}" + (f" ({creds['name']})" if creds.get("name") else ""),
         f"site       {creds.get('site') or '(from its heartbeats)'}",
+        f"model      {creds.get('model', MODELS[0])}",
         f"managed by {creds.get('managed_by', 'cli')}",
         f"broker     {creds['MQTT_SERVER']} port {creds['MQTT_PORT']}, TLS port {creds['MQTT_TLS_PORT']}",
         f"username   {creds['MQTT_USER']}",
@@ -174,16 +185,17 @@ def database(sql: str, variables: dict[str, str]) -> list[list[str]] | None:
         raise DeviceError(str(exc)) from None
 
 
-def register(mac: str, site: str | None, name: str | None) -> bool:
+def register(mac: str, site: str | None, name: str | None, model: str = MODELS[0]) -> bool:
     rows = database("""
         INSERT INTO sites (site_id, site_name) SELECT :'site', :'site' WHERE :'site' <> ''
             ON CONFLICT (site_id) DO NOTHING;
-        INSERT INTO devices AS d (device_id, site_id, device_name, is_active)
-            VALUES (:'mac', NULLIF(:'site', ''), NULLIF(:'name', ''), true)
+        INSERT INTO devices AS d (device_id, site_id, device_name, device_type, is_active)
+            VALUES (:'mac', NULLIF(:'site', ''), NULLIF(:'name', ''), :'type', true)
             ON CONFLICT (device_id) DO UPDATE SET site_id = coalesce(excluded.site_id, d.site_id),
-                device_name = coalesce(excluded.device_name, d.device_name), is_active = true, updated_at = now();
+                device_name = coalesce(excluded.device_name, d.device_name), device_type = excluded.device_type,
+                is_active = true, updated_at = now();
         SELECT 1;
-        """, {"mac": mac, "site": site or "", "name": name or ""})
+        """, {"mac": mac, "site": site or "", "name": name or "", "type": device_type(model)})
     return rows is not None
 
 
@@ -208,9 +220,11 @@ def database_view() -> dict[str, dict]:
 
 # ------------------------------------------------------------------ operations
 
-def add(mac: str, site: str | None = None, name: str | None = None, managed_by: str = "cli") -> dict:
+def add(mac: str, site: str | None = None, name: str | None = None, managed_by: str = "cli",
+        model: str = MODELS[0]) -> dict:
     """Create a sensor's account, register it, return its credentials."""
     mac = canonical_mac(mac)
+    device_type(model)
     site = check_label("site name", site, site_limit())
     name = check_label("device name", name, MAX_NAME_CHARS)
     if registry_path(mac).exists():
@@ -219,12 +233,13 @@ def add(mac: str, site: str | None = None, name: str | None = None, managed_by: 
     conf = settings()
     ca_cert = layout.CA_CERT.read_text() if layout.CA_CERT.exists() else ""
     creds = credentials(mac, hostsecrets.new_password(), server=broker.public_host(conf), settings=conf,
-                        ca_cert=ca_cert, site=site, name=name, managed_by=managed_by)
+                        ca_cert=ca_cert, site=site, name=name, managed_by=managed_by,
+                        model=model)
     write_device(creds)  # first: whatever is interrupted after this, `secrets ensure` finishes
     username = username_of(mac)
     broker_run(hostsecrets.account_commands(dynsec.read_document(),
                                             [(username, creds["MQTT_PASSWORD"], dynsec.sensor_role(username, mac))]))
-    register(mac, site, name)
+    register(mac, site, name, model)
     return creds
 
 
@@ -292,6 +307,8 @@ def add_parser(commands) -> None:
     add_p.add_argument("mac", metavar="MAC", help="e.g. 1C:69:20:E9:18:24")
     add_p.add_argument("--site", help="its site (the firmware's heartbeats may change it)")
     add_p.add_argument("--name", help="a label, e.g. 'greenhouse north'")
+    add_p.add_argument("--model", choices=MODELS, default=MODELS[0],
+                       help="the DHT fitted; it decides the alert thresholds (default: %(default)s)")
     show_p = sub.add_parser("show", help="print a sensor's credentials again")
     show_p.add_argument("mac", metavar="MAC")
     rotate_p = sub.add_parser("rotate", help="give a sensor a new password (it must be reflashed)")
@@ -330,7 +347,7 @@ def run_action(args: argparse.Namespace) -> str:
     action = args.action
     if action in ("add", "show", "rotate"):
         if action == "add":
-            creds = add(args.mac, site=args.site, name=args.name)
+            creds = add(args.mac, site=args.site, name=args.name, model=args.model)
         elif action == "show":
             creds = read_device(canonical_mac(args.mac))
         else:

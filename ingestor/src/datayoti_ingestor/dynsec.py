@@ -34,6 +34,8 @@ SALT_BYTES = 12
 HASH_BYTES = 64
 ADMIN_ROLE = "datayoti-admin"
 INGESTOR_ROLE = "datayoti-ingestor"
+ALERTS_ROLE = "datayoti-alerts"
+ALERTS_TOPIC = "datayoti/alerts"  # Grafana's MQTT contact point publishes under it
 ANSWER_TIMEOUT_S = 10.0
 PLUGIN_LIBRARY = "mosquitto_dynamic_security.so"
 
@@ -74,6 +76,11 @@ def admin_role() -> dict:
 def ingestor_role() -> dict:
     return {"rolename": INGESTOR_ROLE, "textname": "the ingestor reads every sensor",
             "acls": [{"acltype": "subscribePattern", "topic": "datayoti/#", "priority": 0, "allow": True}]}
+
+
+def alerts_role() -> dict:
+    return {"rolename": ALERTS_ROLE, "textname": "Grafana publishes its alerts",
+            "acls": [{"acltype": "publishClientSend", "topic": ALERTS_TOPIC + "/#", "priority": 0, "allow": True}]}
 
 
 SENSOR_ROLE_PREFIX = "sensor-"

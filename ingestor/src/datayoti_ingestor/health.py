@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import glob
 import json
-import os
 import re
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import config as config_module
-from . import layout
+from . import layout, storage
 from .service import parse_status_line
 
 INGESTOR_UNIT = layout.INGESTOR_UNIT
@@ -37,7 +36,7 @@ POSTGRESQL_CONF_GLOB = "/etc/postgresql/*/*/postgresql.conf"
 CARD_WRITES_STATE = Path("/var/lib/datayoti/card-writes.json")
 DISK_FREE_MIN_FRACTION = 0.10
 TOP_REJECT_REASONS = 5
-SECTOR_BYTES = 512  # /proc/diskstats counts 512-byte sectors, whatever the device's own
+SECTOR_BYTES = storage.SECTOR_BYTES
 SYSTEMCTL_TIMEOUT_S = 15
 QUERY_TIMEOUT_MS = 10_000
 
@@ -86,15 +85,6 @@ def parse_data_directory(conf_text: str) -> str | None:
     """The data_directory setting of a postgresql.conf, if it has one."""
     settings = re.findall(r"^\s*data_directory\s*=\s*'([^']*)'", conf_text, re.M)
     return settings[-1] if settings else None  # the last one wins, as in PostgreSQL
-
-
-def parse_diskstats(text: str, device: str) -> int | None:
-    """Sectors written to `device` since boot (the 10th field of /proc/diskstats)."""
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) >= 10 and fields[2] == device:
-            return int(fields[9])
-    return None
 
 
 def parse_boot_time(proc_stat: str) -> datetime | None:
@@ -323,38 +313,25 @@ def gather_database(cfg: config_module.Config, facts: Facts) -> None:
 
 
 def gather_disk(data_dir: str, facts: Facts) -> None:
-    path = Path(data_dir)
-    while not path.exists() and path != path.parent:
-        path = path.parent
     try:
-        st = os.statvfs(path)
+        free, total = storage.disk_usage(data_dir)
     except OSError as exc:
         facts.errors.append(f"cannot measure the disk of {data_dir}: {exc.strerror}")
         return
-    facts.disk = {"path": data_dir, "total_bytes": st.f_blocks * st.f_frsize, "free_bytes": st.f_bavail * st.f_frsize}
-
-
-def root_block_device() -> str | None:
-    """The disk holding / (mmcblk0 on a Pi), from its device number; None on overlay, tmpfs and the like."""
-    dev = os.stat("/").st_dev
-    node = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
-    if not node.exists():
-        return None
-    real = node.resolve()
-    return real.parent.name if (real / "partition").exists() else real.name
+    facts.disk = {"path": data_dir, "total_bytes": total, "free_bytes": free}
 
 
 def gather_card_writes(facts: Facts, state_file: Path = CARD_WRITES_STATE) -> None:
-    device = root_block_device()
-    if device is None:
+    device = storage.block_device_of("/")
+    sectors = storage.sectors_written(device)
+    if sectors is None:
         return
     try:
-        sectors = parse_diskstats(Path("/proc/diskstats").read_text(), device)
         boot_time = parse_boot_time(Path("/proc/stat").read_text())
         boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return
-    if sectors is None or boot_time is None:
+    if boot_time is None:
         return
     try:
         state = json.loads(state_file.read_text())

@@ -4,7 +4,8 @@ The one implementation: the roles call it, so will the image's first boot.
 
 Secrets (files in /etc/datayoti/secrets, root 0600):
 - postgresql-<role>.password  -> ALTER ROLE ... PASSWORD (a SCRAM verifier made here, never plain text);
-- mqtt-<account>.password     -> the broker's dynamic security accounts (admin and ingestor);
+- mqtt-<account>.password     -> the broker's dynamic security accounts (admin, ingestor, Grafana's alerts);
+- grafana-admin, grafana-secret_key -> read by Grafana (systemd credentials), never rotated here;
 - mqtt-ca.key                 -> the Pi's own CA (certificate in /etc/mosquitto/certs);
 - the broker's server key and certificate, re-issued when the Pi's names change or the CA does.
 Sensors' accounts (/etc/datayoti/sensors/<MAC>.json) are applied to the broker too.
@@ -47,20 +48,27 @@ LOCK_FILE = Path("/run/datayoti.lock")
 @dataclass(frozen=True)
 class Password:
     name: str  # file stem in /etc/datayoti/secrets
-    target: str  # "postgresql" or "mqtt"
+    target: str  # "postgresql", "mqtt", or "grafana" (read by Grafana itself, nothing to apply)
     account: str  # PostgreSQL role or MQTT username
     units: tuple[str, ...] = ()  # services that hold it, restarted after a rotation
+    rotatable: bool = True
 
 
 PASSWORDS = (
     Password("postgresql-datayoti_owner", "postgresql", "datayoti_owner", (layout.MIGRATE_UNIT,)),
     Password("postgresql-mqtt_ingestor", "postgresql", "mqtt_ingestor", (layout.INGESTOR_UNIT,)),
-    Password("postgresql-grafana_reader", "postgresql", "grafana_reader", ("grafana-server.service",)),
+    Password("postgresql-grafana_reader", "postgresql", "grafana_reader", (layout.GRAFANA_UNIT,)),
     Password("mqtt-datayoti_admin", "mqtt", layout.MQTT_ADMIN_USER),
     Password("mqtt-datayoti_ingestor", "mqtt", layout.MQTT_INGESTOR_USER, (layout.INGESTOR_UNIT,)),
+    Password("mqtt-grafana_alerts", "mqtt", layout.MQTT_ALERTS_USER, (layout.GRAFANA_UNIT,)),
+    # Grafana sets its admin's password from this file at its first start only; after that it is
+    # changed in Grafana (`grafana cli admin reset-admin-password`), so it is not rotated here.
+    Password("grafana-admin", "grafana", "admin", (layout.GRAFANA_UNIT,), rotatable=False),
+    # [security] secret_key encrypts what Grafana stores: a new one would make that unreadable.
+    Password("grafana-secret_key", "grafana", "secret_key", (layout.GRAFANA_UNIT,), rotatable=False),
 )
 TLS_NAMES = ("mqtt-ca", "mqtt-server")
-ROTATABLE = tuple(p.name for p in PASSWORDS) + TLS_NAMES
+ROTATABLE = tuple(p.name for p in PASSWORDS if p.rotatable) + TLS_NAMES
 
 
 class SecretsError(Exception):
@@ -243,7 +251,8 @@ def account_commands(document: dict | None, accounts: list[tuple[str, str, dict]
 def broker_accounts(passwords: dict[str, str]) -> list[tuple[str, str, dict]]:
     """Every account the broker must hold: admin, ingestor, then each registered sensor."""
     accounts = [(layout.MQTT_ADMIN_USER, passwords["mqtt-datayoti_admin"], dynsec.admin_role()),
-                (layout.MQTT_INGESTOR_USER, passwords["mqtt-datayoti_ingestor"], dynsec.ingestor_role())]
+                (layout.MQTT_INGESTOR_USER, passwords["mqtt-datayoti_ingestor"], dynsec.ingestor_role()),
+                (layout.MQTT_ALERTS_USER, passwords["mqtt-grafana_alerts"], dynsec.alerts_role())]
     for sensor in sensor_accounts():
         accounts.append((sensor["username"], sensor["password"],
                          dynsec.sensor_role(sensor["username"], sensor["mac"])))

@@ -26,10 +26,12 @@ MOSQUITTO_USER = "mosquitto"
 INGESTOR_UNIT = "datayoti-ingestor.service"
 MIGRATE_UNIT = "datayoti-migrate.service"
 MOSQUITTO_UNIT = "mosquitto.service"
+GRAFANA_UNIT = "grafana-server.service"
 
 # MQTT accounts of the appliance itself; sensors' accounts are their MACs with hyphens.
 MQTT_ADMIN_USER = "datayoti_admin"
 MQTT_INGESTOR_USER = "datayoti_ingestor"
+MQTT_ALERTS_USER = "grafana_alerts"  # Grafana's MQTT contact point
 
 
 def password_file(name: str) -> Path:

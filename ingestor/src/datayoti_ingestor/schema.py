@@ -86,8 +86,9 @@ def retention(config: Config) -> dict[str, tuple[int, str]]:
     r = config.retention
     dropped = {}
     with transaction(config) as cur:
+        # appliance_stats is the appliance's own heartbeat: kept as long as the sensors'.
         for table, days in (("sensor_data", r.sensor_data_days), ("device_heartbeats", r.heartbeat_days),
-                            ("device_status", r.status_days)):
+                            ("device_status", r.status_days), ("appliance_stats", r.heartbeat_days)):
             cur.execute("SELECT count(*) FROM drop_chunks(%s, older_than => make_interval(days => %s))",
                         (table, days))
             dropped[table] = (cur.fetchone()[0], "chunks")

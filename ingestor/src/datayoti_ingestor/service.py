@@ -21,6 +21,7 @@ import psycopg2
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from . import storage
 from .config import Config, database_connect_kwargs
 from .messages import Limits, Rejected, parse_message, printable
 from .store import UNREACHABLE, Incoming, Store, WriteFailed
@@ -28,6 +29,7 @@ from .store import UNREACHABLE, Incoming, Store, WriteFailed
 log = logging.getLogger("datayoti.ingestor")
 STATUS_EVERY_S = 5.0
 DB_PING_EVERY_S = 10.0
+STATS_RETRY_S = 10.0
 
 
 class Notifier:
@@ -137,8 +139,37 @@ def parse_status_line(text: str) -> dict | None:
     return {"rate": float(match["rate"]), **fields, "database": match["database"], "broker": match["broker"]}
 
 
+@dataclass(frozen=True)
+class Totals:
+    """The ingestor's counters since it started, at one moment."""
+
+    received: int = 0
+    stored: int = 0
+    rejected: int = 0
+    refused: int = 0
+    duplicates: int = 0
+
+
+def stats_row(at: datetime, interval_s: float, before: Totals, after: Totals, backlog: int,
+              disk: tuple[int, int] | None, sectors_before: int | None, sectors_after: int | None) -> dict:
+    """An appliance_stats row for the interval between two samples.
+
+    Card writes are unknown (None) without both samples, or when the counter went back (a new device).
+    """
+    card = None
+    if sectors_before is not None and sectors_after is not None and sectors_after >= sectors_before:
+        card = (sectors_after - sectors_before) * storage.SECTOR_BYTES
+    free, total = disk if disk else (None, None)
+    return {"time": at, "interval_s": round(interval_s, 3), "received": after.received - before.received,
+            "stored": after.stored - before.stored, "rejected": after.rejected - before.rejected,
+            "database_refused": after.refused - before.refused,
+            "duplicates": after.duplicates - before.duplicates, "backlog": backlog,
+            "disk_free_bytes": free, "disk_total_bytes": total, "card_written_bytes": card}
+
+
 @dataclass
 class Stats:
+    received: int = 0
     stored: int = 0
     rejected: int = 0
     refused: int = 0
@@ -163,6 +194,18 @@ class Stats:
             self.roll(now)
         return self.last_rate
 
+    def totals(self) -> Totals:
+        return Totals(self.received, self.stored, self.rejected, self.refused, self.duplicates)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What the last appliance_stats row was measured from."""
+
+    monotonic: float
+    totals: Totals
+    sectors: int | None
+
 
 class Ingestor:
     def __init__(self, config: Config, notify: Notifier | None = None):
@@ -182,6 +225,9 @@ class Ingestor:
             payload_limit=config.rules.rejected_payload_bytes,
         )
         self.client = self._make_client()
+        self.card_device = storage.block_device_of(config.stats.disk_path)
+        self.stats_base: Sample | None = None
+        self.stats_due_at = 0.0
 
     # ------------------------------------------------------------ MQTT (paho's thread)
 
@@ -298,9 +344,13 @@ class Ingestor:
         max_delay = batch_cfg.max_delay_ms / 1000
         backoff, retry_at, last_status, last_ping = 0.0, 0.0, 0.0, time.monotonic()
         self.stats.window_start = time.monotonic()
+        self.stats_base = self.sample(time.monotonic())
+        self.stats_due_at = self.stats_base.monotonic + self.config.stats.interval_s
         while not self.stop_requested:
             now = time.monotonic()
-            self.pending.extend(classify(i, self.limits) for i in self.inbox.take_all())
+            taken = self.inbox.take_all()
+            self.stats.received += len(taken)
+            self.pending.extend(classify(i, self.limits) for i in taken)
             oldest = self.pending[0].received_at.timestamp() if self.pending else None
             due = self.pending and (len(self.pending) >= batch_cfg.max_rows
                                     or time.time() - oldest >= max_delay)
@@ -317,6 +367,8 @@ class Ingestor:
             elif not self.pending and now - last_ping >= DB_PING_EVERY_S:
                 self.check_database()
                 last_ping = now
+            if self.db_failure is None and now >= self.stats_due_at:
+                self.record_stats(now)
             # One pass of the loop done: this is the progress the watchdog waits for.
             self.notify("WATCHDOG=1")
             if now - last_status >= STATUS_EVERY_S:
@@ -330,6 +382,31 @@ class Ingestor:
                 self.inbox.wait(wait)
         self.shutdown()
         return 0
+
+    def sample(self, now: float) -> Sample:
+        return Sample(now, self.stats.totals(), storage.sectors_written(self.card_device))
+
+    def record_stats(self, now: float) -> None:
+        """Write the appliance_stats row for the interval since the last one written.
+
+        If it fails, the next attempt covers the longer interval: no count is lost.
+        """
+        current = self.sample(now)
+        try:
+            disk = storage.disk_usage(self.config.stats.disk_path)
+        except OSError:
+            disk = None
+        row = stats_row(datetime.now(UTC), now - self.stats_base.monotonic, self.stats_base.totals, current.totals,
+                        len(self.pending) + len(self.inbox), disk, self.stats_base.sectors, current.sectors)
+        try:
+            self.store.write_stats(row)
+        except psycopg2.Error as exc:
+            log.warning("appliance_stats not written (%s); the next row covers this interval too",
+                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            self.stats_due_at = now + min(self.config.stats.interval_s, STATS_RETRY_S)
+            return
+        self.stats_base = current
+        self.stats_due_at = now + self.config.stats.interval_s
 
     def check_database(self) -> None:
         """An idle ping, so that the status notices a database that went away between batches."""

@@ -279,6 +279,15 @@ def jsonb(values: list) -> list:
     return [json.dumps(v) if v else None for v in values]
 
 
+APPLIANCE_STATS_INSERT = """
+INSERT INTO appliance_stats (time, interval_s, received, stored, rejected, database_refused, duplicates,
+                             backlog, database_bytes, disk_free_bytes, disk_total_bytes, card_written_bytes)
+VALUES (%(time)s, %(interval_s)s, %(received)s, %(stored)s, %(rejected)s, %(database_refused)s, %(duplicates)s,
+        %(backlog)s, pg_database_size(current_database()), %(disk_free_bytes)s, %(disk_total_bytes)s,
+        %(card_written_bytes)s)
+"""
+
+
 class Store:
     def __init__(self, connect_kwargs: dict, device_cache_ttl_s: float, payload_limit: int):
         self.connect_kwargs = connect_kwargs
@@ -304,6 +313,18 @@ class Store:
         with self.conn.cursor() as cur:
             cur.execute("SELECT 1")
         self.conn.rollback()
+
+    def write_stats(self, row: dict) -> None:
+        """One appliance_stats row, committed on its own; raises psycopg2.Error (the caller logs it)."""
+        if self.conn is None:
+            self.connect()
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute(APPLIANCE_STATS_INSERT, row)
+            self.conn.commit()
+        except psycopg2.Error:
+            self._abandon()
+            raise
 
     def write_batch(self, batch: list[Incoming]) -> BatchResult:
         """Store a batch in one transaction, or raise WriteFailed with nothing stored.
