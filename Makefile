@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.setup-done
 TESTBED := tests/testbed/testbed
 
-.PHONY: setup demo demo-down test test-unit lint bench bench-smoke clean
+.PHONY: setup demo demo-down test test-unit lint bench bench-smoke dashboards clean
 
 ## setup: host packages (apt), the pinned Python tools (pip) and the Ansible collections
 setup: $(STAMP)
@@ -41,6 +41,10 @@ test-unit: setup
 
 lint: setup
 	$(VENV)/bin/pytest tests/test_lint.py
+
+## dashboards: regenerate roles/grafana's dashboards and alert rules (commit the result; a unit test checks it)
+dashboards: setup
+	$(VENV)/bin/python roles/grafana/src/datayoti_dashboards.py
 
 clean:
 	for bed in /run/datayoti-testbed/*/; do [ -d "$$bed" ] && $(TESTBED) --bed "$$(basename "$$bed")" down; done; true

@@ -11,6 +11,9 @@ there with the Pi's own python3 (Debian's paho-mqtt and psycopg2), as root:
   queries                           time the dashboards' queries, raw and through the rollups
   isolation --size N                the product's Store against this Pi's database: a batch of N
                                     clean, then with one message the database refuses, per kind
+  grafana [--runs N] [--setup]      run (and time) the Grafana queries read as JSON on stdin, as
+                                    grafana_reader; with --setup (run as postgres) inside one
+                                    transaction that first runs the given setup SQL, then rolls back
 
 `consume` prints READY once its consumer listens, then reads one JSON line on
 stdin: the last timestamp each device published. Every command ends by printing
@@ -488,10 +491,13 @@ def dataset(args: argparse.Namespace) -> dict:
         found = cur.fetchone()
         conn.commit()
         if found and found[0] == args.days and found[1] == len(devices):
+            appliance = dataset_extras(conn, devices, datetime.fromtimestamp(float(found[3]), tz=UTC))
             conn.close()
             return {"reused": True, "days": found[0], "rows": found[2], "ends": float(found[3]),
-                    "load_seconds": found[4]}
-        cur.execute("TRUNCATE sensor_data, rollup_semi_hourly, rollup_hourly, device_heartbeats, bench.dataset")
+                    "load_seconds": found[4], **appliance}
+        cur.execute("TRUNCATE sensor_data, rollup_semi_hourly, rollup_hourly, rollup_daily, device_heartbeats, "
+                    "appliance_stats, "
+                    "rejected_messages, bench.dataset; DROP TABLE IF EXISTS bench.extras")
         sites = sorted({site_of(i, 5) for i in range(len(devices))})
         cur.execute("INSERT INTO sites (site_id, site_name) SELECT s, s FROM unnest(%s::text[]) s "
                     "ON CONFLICT DO NOTHING", (sites,))
@@ -532,6 +538,15 @@ def dataset(args: argparse.Namespace) -> dict:
         conn.commit()
         day = day_end
     with conn.cursor() as cur:
+        # The daily rollup, as the daily timer folds it (schema.FOLD_DAILY) and the view completes it.
+        cur.execute("""
+            INSERT INTO rollup_daily SELECT device_id, time_bucket(INTERVAL '1 day', bucket_start),
+                sum(measurement_count), sum(sum_temperature), min(min_temperature), max(max_temperature),
+                sum(sum_humidity), min(min_humidity), max(max_humidity)
+            FROM rollup_hourly WHERE bucket_start < time_bucket(INTERVAL '1 day', %s::timestamptz) GROUP BY 1, 2""",
+                    (ends,))
+    conn.commit()
+    with conn.cursor() as cur:
         # A week of heartbeats, one a minute, for device_health.
         cur.execute("""
             INSERT INTO device_heartbeats (time, device_id, site_id, rssi, free_heap, uptime, min_heap, ntp_sync,
@@ -546,10 +561,51 @@ def dataset(args: argparse.Namespace) -> dict:
         cur.execute("INSERT INTO bench.dataset VALUES (%s, %s, %s, %s, %s)", (args.days, len(devices), rows, ends,
                                                                             seconds))
         conn.commit()
+    appliance = dataset_extras(conn, devices, ends)
     conn.close()
     subprocess.run(as_postgres(["vacuumdb", "-q", "--analyze", "-d", DB]), cwd="/", check=True)
     return {"reused": False, "days": args.days, "rows": rows, "ends": ends.timestamp(), "load_seconds": seconds,
-            "copy_rows_per_s": rows / copy_seconds}
+            "copy_rows_per_s": rows / copy_seconds, **appliance}
+
+
+# What the Grafana dashboards read besides the readings, at the ingestor's retention limits
+# (retention.heartbeat_days for appliance_stats, retention.rejected_days for rejected_messages).
+STATS_DAYS = 183
+REJECTED_DAYS = 30
+
+
+def dataset_extras(conn, devices: list[str], ends: datetime) -> dict:
+    """Sensor models (a fifth DHT11s), `extra` metrics on two days of five sensors, the ingestor's
+    appliance_stats (a row every 5 minutes, the ingestor's default) and rejected messages (one in ten
+    minutes); once per data set."""
+    with conn.cursor() as cur:
+        # A mark of its own: the running ingestor writes appliance_stats rows too.
+        cur.execute("CREATE TABLE IF NOT EXISTS bench.extras (done boolean); SELECT count(*) FROM bench.extras")
+        if cur.fetchone()[0]:
+            conn.commit()
+            return {"appliance_stats_days": STATS_DAYS, "rejected_days": REJECTED_DAYS}
+        cur.execute("INSERT INTO bench.extras VALUES (true)")
+        cur.execute("UPDATE devices SET device_type = CASE WHEN i %% 5 = 0 THEN 'ESP32-DHT11' ELSE 'ESP32-DHT22' END "
+                    "FROM unnest(%s::text[]) WITH ORDINALITY AS u(mac, i) WHERE device_id = u.mac", (devices,))
+        cur.execute("UPDATE sensor_data SET extra = jsonb_build_object('pressure', 1013 + temperature / 10, "
+                    "'battery', 3.7) WHERE device_id = ANY(%s) AND time > %s - INTERVAL '2 days'",
+                    (devices[:5], ends))
+        cur.execute("""
+            INSERT INTO appliance_stats (time, interval_s, received, stored, rejected, database_refused, duplicates,
+                                         backlog, database_bytes, disk_free_bytes, disk_total_bytes, card_written_bytes)
+            SELECT t, 300, 100 + m %% 7, 100 + m %% 7 - (m %% 10 = 0)::int, (m %% 10 = 0)::int, (m %% 100 = 0)::int,
+                   0, m %% 5, 2000000000 + m %% 100000, 20000000000 - m %% 100000, 32000000000,
+                   900000 + m %% 10 * 1000
+            FROM generate_series(%(ends)s - make_interval(days => %(days)s), %(ends)s, INTERVAL '5 minutes') t,
+                 LATERAL (SELECT extract(epoch FROM t)::bigint / 300 AS m) x""", {"ends": ends, "days": STATS_DAYS})
+        cur.execute("""
+            INSERT INTO rejected_messages (received_at, topic, payload, payload_bytes, reason, detail)
+            SELECT t, 'datayoti/sensor/' || %(device)s || '/data', convert_to('{"temperature": NaN}', 'UTF8'), 20,
+                   (ARRAY['malformed_json', 'not_finite', 'out_of_range', 'database_refused'])[i %% 4 + 1], 'bench'
+            FROM generate_series(%(ends)s - make_interval(days => %(days)s), %(ends)s, INTERVAL '10 minutes')
+                 WITH ORDINALITY AS g(t, i)""", {"ends": ends, "days": REJECTED_DAYS, "device": devices[0]})
+    conn.commit()
+    return {"appliance_stats_days": STATS_DAYS, "rejected_days": REJECTED_DAYS}
 
 
 def dashboard_queries(device: str, site: str, ends: datetime) -> list[tuple[str, str, str, dict]]:
@@ -629,6 +685,68 @@ def queries(args: argparse.Namespace) -> dict:
                             "rollup": time_query(cur, rollup, params, args.runs)})
     conn.close()
     return {"queries": results}
+
+
+# ------------------------------------------------------------------ the Grafana dashboards' and alerts' queries
+
+GRAFANA_ROWS = 200  # rows of each result sent back
+
+
+def type_names(cur, oids: set[int]) -> dict[int, str]:
+    if not oids:
+        return {}
+    cur.execute("SELECT oid::int, typname::text FROM pg_type WHERE oid = ANY(%s)", (sorted(oids),))
+    return dict(cur.fetchall())
+
+
+def run_grafana_query(cur, sql: str) -> dict:
+    """One query as Grafana runs it (the simple protocol, every row): its columns, rows and time order."""
+    cur.execute(sql)
+    if cur.description is None:
+        return {"ok": True, "columns": [], "rowcount": 0, "rows": [], "time_sorted": None}
+    rows = cur.fetchall()
+    described = [(column.name, column.type_code) for column in cur.description]
+    names = type_names(cur, {oid for _, oid in described})
+    columns = [[name, names.get(oid, str(oid))] for name, oid in described]
+    time_sorted = None
+    if "time" in [c[0] for c in columns]:
+        index = [c[0] for c in columns].index("time")
+        stamps = [row[index] for row in rows if row[index] is not None]
+        time_sorted = all(a <= b for a, b in zip(stamps, stamps[1:], strict=False))
+    return {"ok": True, "columns": columns, "rowcount": len(rows), "time_sorted": time_sorted,
+            "rows": json.loads(json.dumps([list(r) for r in rows[:GRAFANA_ROWS]], default=str))}
+
+
+def grafana(args: argparse.Namespace) -> dict:
+    """Queries from stdin ({"setup": [sql], "queries": [{"id", "sql"}]}): results, and medians with --runs."""
+    request = json.loads(sys.stdin.read())
+    if args.setup:  # as postgres: the setup and the queries share one transaction, rolled back
+        conn = connect("postgres")
+        cur = conn.cursor()
+        for statement in request.get("setup", []):
+            cur.execute(statement)
+        cur.execute("SET LOCAL ROLE grafana_reader")
+    else:
+        conn = connect("grafana_reader")
+        conn.autocommit = True
+        cur = conn.cursor()
+    cur.execute("SET statement_timeout = %s", (f"{args.timeout}s",))
+    results = []
+    for query in request["queries"]:
+        if args.setup:
+            cur.execute("SAVEPOINT q")
+        try:
+            result = run_grafana_query(cur, query["sql"])
+            if args.runs:
+                result["timing"] = time_query(cur, query["sql"].rstrip().rstrip(";"), {}, args.runs)
+        except Exception as exc:  # a query's own failure is its result
+            result = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).strip()}"}
+        if args.setup:
+            cur.execute("ROLLBACK TO SAVEPOINT q")
+        results.append({"id": query["id"], **result})
+    conn.rollback()
+    conn.close()
+    return {"results": results}
 
 
 # ------------------------------------------------------------------ isolation of refused messages
@@ -726,6 +844,7 @@ def isolation(args: argparse.Namespace) -> dict:
                         f"DELETE FROM device_status WHERE device_id IN ({macs}); "
                         f"DELETE FROM rollup_semi_hourly WHERE device_id IN ({macs}); "
                         f"DELETE FROM rollup_hourly WHERE device_id IN ({macs}); "
+                        f"DELETE FROM rollup_daily WHERE device_id IN ({macs}); "
                         f"DELETE FROM rejected_messages WHERE {topics}; "
                         f"DELETE FROM devices WHERE device_id IN ({macs}); "
                         "DELETE FROM sites WHERE site_id = 'SITE_PROBE';")
@@ -759,15 +878,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     q.add_argument("--runs", type=int, default=5)
     i = sub.add_parser("isolation")
     i.add_argument("--size", type=int, default=200)
+    g = sub.add_parser("grafana")
+    g.add_argument("--runs", type=int, default=0, help="time each query: median of N (0: run it once)")
+    g.add_argument("--setup", action="store_true", help="run the request's setup first, in one transaction")
+    g.add_argument("--timeout", type=float, default=120, help="statement timeout, seconds")
     args = parser.parse_args(argv)
     for name in ("count", "days", "runs", "size"):
-        if getattr(args, name, 1) < 1:
+        if getattr(args, name, 1) < (0 if args.command == "grafana" else 1):
             parser.error(f"--{name} must be at least 1")
     return args
 
 
 COMMANDS = {"consume": consume, "naive-ingestor": naive_ingestor, "copy": copy_load, "dataset": dataset,
-            "queries": queries, "isolation": isolation}
+            "queries": queries, "isolation": isolation, "grafana": grafana}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import grafana_sql
 from conftest import REPO, require_root
 
 BENCH = REPO / "tests" / "bench" / "bench.py"
@@ -45,7 +46,18 @@ def test_bench_smoke_writes_a_complete_report(tmp_path):
     ratios = report["summary"]["ratios"]
     for name in ("qos0 ours / limit A", "qos1 ours / naive", "qos1 bytes per reading, ours / naive"):
         assert ratios[name] is not None, name
-    assert len(report["summary"]["targets"]) == 17
+    grafana = report["grafana"]["queries"]
+    failed = [q for q in grafana if not q["ok"]]
+    assert not failed, failed
+    assert all(q["median_ms"] > 0 and len(q["runs_ms"]) == 5 for q in grafana), grafana
+    files = REPO / "roles" / "grafana" / "files"
+    dashboards = [grafana_sql.load_dashboard(p) for p in sorted((files / "dashboards").glob("*.json"))]
+    rules = grafana_sql.load_alert_rules(files / "alerting" / "datayoti-alert-rules.yaml", "datayoti-timescaledb")
+    every = {q.name for d in dashboards for q in d.queries} | {r.name for r in rules}
+    assert {q["query"] for q in grafana} == every  # every panel, variable and alert query is timed
+    assert {q["range"] for q in grafana if "/ panel " in q["query"]} >= {"now-1y"}
+    assert len(report["summary"]["targets"]) == 17 + len(grafana)
     target_lines = [line for line in table.splitlines() if line.lstrip().startswith(("MET", "MISSED"))]
-    assert len(target_lines) == 17, table
+    assert len(target_lines) == 17 + len(grafana), table
+    assert sum("grafana " in line and "<= 50 ms" in line for line in target_lines) == len(grafana), table
     assert table.rstrip().splitlines()[-1].lstrip().startswith("1 year daily, one site: rollup / raw"), table

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"views {args.action}: done")
         elif args.verb == "retention":
             for table, (count, unit) in schema.retention(cfg).items():
-                print(f"{table}: {count} {unit} dropped")
+                print(f"{table}: {count} {unit}")
         elif args.verb == "check-config":
             print(cfg)
     except psycopg2.Error as exc:

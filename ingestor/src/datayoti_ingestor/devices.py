@@ -27,7 +27,7 @@ MODELS = ("DHT22", "DHT11")
 MAX_NAME_CHARS = RulesConfig.max_text_chars
 # Tables that hold a device's history, purged by `remove --purge` (devices last).
 HISTORY_TABLES = ("sensor_data", "device_heartbeats", "device_status", "rollup_semi_hourly", "rollup_hourly",
-                  "rejected_messages")
+                  "rollup_daily", "rejected_messages")
 
 
 class DeviceError(Exception):

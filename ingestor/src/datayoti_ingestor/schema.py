@@ -1,4 +1,4 @@
-"""Schema management: versioned migrations, the views, retention. Runs as the owner role."""
+"""Schema management: versioned migrations, the views, retention, the daily rollup. Runs as the owner role."""
 
 from __future__ import annotations
 
@@ -12,7 +12,26 @@ from .config import Config, database_connect_kwargs
 
 log = logging.getLogger("datayoti.schema")
 MIGRATION_LOCK = 7_212_001  # pg_advisory_lock key: one migrator at a time
-VIEWS = ("device_health", "latest_sensor_readings", "sensor_data_hourly", "sensor_data_semi_hourly")
+VIEWS = ("device_health", "latest_sensor_readings", "sensor_data_daily", "sensor_data_hourly",
+         "sensor_data_semi_hourly")
+# Every complete day, recomputed from rollup_hourly (late readings included); only changed rows are written.
+FOLD_DAILY = """
+INSERT INTO rollup_daily AS r (device_id, bucket_start, measurement_count, sum_temperature, min_temperature,
+                               max_temperature, sum_humidity, min_humidity, max_humidity)
+SELECT device_id, time_bucket(INTERVAL '1 day', bucket_start), sum(measurement_count),
+       sum(sum_temperature), min(min_temperature), max(max_temperature),
+       sum(sum_humidity), min(min_humidity), max(max_humidity)
+FROM rollup_hourly
+WHERE bucket_start < time_bucket(INTERVAL '1 day', now())
+GROUP BY 1, 2
+ON CONFLICT (device_id, bucket_start) DO UPDATE SET
+    measurement_count = excluded.measurement_count,
+    sum_temperature = excluded.sum_temperature, min_temperature = excluded.min_temperature,
+    max_temperature = excluded.max_temperature, sum_humidity = excluded.sum_humidity,
+    min_humidity = excluded.min_humidity, max_humidity = excluded.max_humidity
+    WHERE (r.measurement_count, r.sum_temperature, r.sum_humidity)
+          IS DISTINCT FROM (excluded.measurement_count, excluded.sum_temperature, excluded.sum_humidity)
+"""
 
 
 def migration_files() -> list[tuple[str, str]]:
@@ -45,6 +64,12 @@ def sync_thresholds(cur, config: Config) -> None:
     )
 
 
+def fold_daily(cur) -> int:
+    """Fold the hourly rollup's complete days into rollup_daily; the number of rows changed."""
+    cur.execute(FOLD_DAILY)
+    return cur.rowcount
+
+
 def migrate(config: Config) -> list[str]:
     """Apply the migrations not applied yet, then (re)create the views. Idempotent."""
     applied_now = []
@@ -67,6 +92,7 @@ def migrate(config: Config) -> list[str]:
             applied_now.append(version)
         cur.execute(views_sql())
         sync_thresholds(cur, config)
+        fold_daily(cur)
     return applied_now
 
 
@@ -82,7 +108,7 @@ def views(config: Config, action: str) -> None:
 
 
 def retention(config: Config) -> dict[str, tuple[int, str]]:
-    """Drop what is past its limit: whole chunks of the hypertables, rows elsewhere."""
+    """Drop what is past its limit (whole chunks of the hypertables, rows elsewhere), then fold rollup_daily."""
     r = config.retention
     dropped = {}
     with transaction(config) as cur:
@@ -94,7 +120,10 @@ def retention(config: Config) -> dict[str, tuple[int, str]]:
             dropped[table] = (cur.fetchone()[0], "chunks")
         for table, column, days in (("rollup_semi_hourly", "bucket_start", r.sensor_data_days),
                                     ("rollup_hourly", "bucket_start", r.sensor_data_days),
+                                    ("rollup_daily", "bucket_start", r.sensor_data_days),
                                     ("rejected_messages", "received_at", r.rejected_days)):
             cur.execute(f"DELETE FROM {table} WHERE {column} < now() - make_interval(days => %s)", (days,))
             dropped[table] = (cur.rowcount, "rows")
-    return dropped
+        folded = fold_daily(cur)
+    return {table: (count, f"{unit} dropped") for table, (count, unit) in dropped.items()} | {
+        "rollup_daily from rollup_hourly": (folded, "rows folded")}

@@ -1,5 +1,5 @@
--- What the dashboards and alerts need to know about the appliance itself, one row a
--- minute from the ingestor: its counters over the interval, its backlog, and the
+-- What the dashboards and alerts need to know about the appliance itself, one row
+-- every [stats] interval_s from the ingestor: its counters over the interval, its backlog, and the
 -- storage under PostgreSQL (database size, free disk, bytes written to the card).
 CREATE TABLE appliance_stats (
     time               timestamptz NOT NULL,  -- end of the interval

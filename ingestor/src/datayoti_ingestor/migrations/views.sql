@@ -27,6 +27,30 @@ SELECT device_id,
        measurement_count
 FROM rollup_hourly;
 
+-- Folded days from rollup_daily, the days after them summed from rollup_hourly.
+CREATE OR REPLACE VIEW sensor_data_daily AS
+SELECT device_id,
+       bucket_start,
+       bucket_start + INTERVAL '1 day'            AS bucket_end,
+       sum_temperature / measurement_count        AS avg_temperature,
+       min_temperature,
+       max_temperature,
+       sum_humidity / measurement_count           AS avg_humidity,
+       min_humidity,
+       max_humidity,
+       measurement_count
+FROM (
+    SELECT * FROM rollup_daily
+    WHERE bucket_start < (SELECT coalesce(max(bucket_start) + INTERVAL '1 day', '-infinity') FROM rollup_daily)
+    UNION ALL
+    SELECT device_id, time_bucket(INTERVAL '1 day', bucket_start), sum(measurement_count),
+           sum(sum_temperature), min(min_temperature), max(max_temperature),
+           sum(sum_humidity), min(min_humidity), max(max_humidity)
+    FROM rollup_hourly
+    WHERE bucket_start >= (SELECT coalesce(max(bucket_start) + INTERVAL '1 day', '-infinity') FROM rollup_daily)
+    GROUP BY 1, 2
+) r;
+
 -- One index probe per device, not a scan of the hypertable.
 CREATE OR REPLACE VIEW latest_sensor_readings AS
 SELECT d.device_id, s.time, s.temperature, s.humidity, s.reception_time
