@@ -236,9 +236,15 @@ def tier_condition(tier: Tier) -> str:
 
 
 def raw_range_cap(time_column: str) -> str:
-    """Raw-only panels (no rollup): at most ROWS_BUDGET rows, the end of the range, for the chosen devices."""
+    """Raw-only panels (no rollup): at most ROWS_BUDGET rows, the end of the range, for the chosen devices.
+
+    The first bound (one device's share) is a constant, so that chunks before it are excluded when the query
+    is planned; the second depends on how many devices are chosen.
+    """
+    one_device = ROWS_BUDGET * REPORT_INTERVAL
     minutes = f"({ROWS_BUDGET} * {int(REPORT_INTERVAL.total_seconds() // 60)} / greatest({SELECTED_COUNT}, 1))::int"
-    return f"{time_column} >= $__timeTo()::timestamptz - make_interval(mins => {minutes})"
+    return (f"{time_column} >= $__timeTo()::timestamptz - {sql_interval(one_device)}\n"
+            f"  AND {time_column} >= $__timeTo()::timestamptz - make_interval(mins => {minutes})")
 
 
 def metric_by_range(metric: str, model: str) -> str:
@@ -254,11 +260,15 @@ def metric_by_range(metric: str, model: str) -> str:
             value = f"sum(r.avg_{metric} * r.measurement_count) / sum(r.measurement_count)"
         else:
             value = f"avg(r.{metric})"
+        # Raw serves at most ROWS_BUDGET readings of one device: a constant bound, so that the planner
+        # does not open a year of chunks for a branch that will not run.
+        most = sql_interval(ROWS_BUDGET * tier.bucket)
+        bound = "" if tier.rollup else f"  AND {col} >= $__timeTo()::timestamptz - {most}\n"
         branches.append(
             f"SELECT $__timeGroupAlias({col}, $__interval), r.device_id AS metric, {value} AS value\n"
             f"FROM {tier.table} r\n"
             f"WHERE {tier_condition(tier)}\n"
-            f"  AND $__timeFilter({col})\n"
+            f"  AND $__timeFilter({col})\n{bound}"
             f"  AND r.device_id IN (SELECT device_id FROM selected)\n"
             f"GROUP BY 1, 2")
     return (f"WITH selected AS ({selected_devices(model)})\n"

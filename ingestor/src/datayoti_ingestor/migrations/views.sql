@@ -40,14 +40,13 @@ SELECT device_id,
        max_humidity,
        measurement_count
 FROM (
-    SELECT * FROM rollup_daily
-    WHERE bucket_start < (SELECT coalesce(max(bucket_start) + INTERVAL '1 day', '-infinity') FROM rollup_daily)
+    SELECT * FROM rollup_daily WHERE bucket_start < rollup_daily_folded_until()
     UNION ALL
     SELECT device_id, time_bucket(INTERVAL '1 day', bucket_start), sum(measurement_count),
            sum(sum_temperature), min(min_temperature), max(max_temperature),
            sum(sum_humidity), min(min_humidity), max(max_humidity)
     FROM rollup_hourly
-    WHERE bucket_start >= (SELECT coalesce(max(bucket_start) + INTERVAL '1 day', '-infinity') FROM rollup_daily)
+    WHERE bucket_start >= rollup_daily_folded_until()
     GROUP BY 1, 2
 ) r;
 
