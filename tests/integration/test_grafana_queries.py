@@ -175,6 +175,8 @@ SCENARIOS = {
            "SELECT now() - i * interval '1 second', 'datayoti/sensor/02:DA:7A:10:00:01/data', '\\x7b'::bytea, 1, "
            "'malformed_json', 'burst' FROM generate_series(1, 200) i"], {"reject": None}),
     "a backlog of 5000": ([stats(5, backlog=5000)], {"backlog": None}),
+    "no figures from the ingestor for 20 minutes": (
+        ["DELETE FROM appliance_stats WHERE time > now() - interval '20 minutes'"], {"stale": None}),
     "2 GB free of 32 GB": ([stats(5, disk_free=2_000_000_000)], {"disk": None}),
     "180 MB written to the card in an hour": (
         [stats(s, card=3_000_000) for s in range(5, 3600, 60)], {"card": None}),

@@ -279,8 +279,8 @@ def test_secrets_are_private_and_differ_between_hosts(fleet):
 # Last in this module: it changes the fleet, then restores it and checks that site.yml finds nothing to do,
 # so that the modules after this one (test_ingestor) see the fleet as site.yml left it.
 
-EXTRA_PORT = 3000
-ROLE_PORTS = {22, 1883, 8883}  # base's SSH, mosquitto's snippet
+EXTRA_PORT = 8080
+ROLE_PORTS = {22, 1883, 8883, 3000}  # base's SSH, mosquitto's and grafana's snippets
 
 
 def live_tcp_ports(fleet, host: str) -> set[int]:
@@ -305,7 +305,7 @@ def test_base_alone_applies_a_firewall_change_and_its_undoing(fleet):
     """`--tags base` once applied nothing: its handler's name was shared with timescaledb's, whose
     conditions skipped it. Now every role notifies base's topic `datayoti firewall changed`."""
     for host in PIS:
-        # mosquitto's ports went live through the same topic during the first converge.
+        # mosquitto's and grafana's ports went live through the same topic during the first converge.
         assert live_tcp_ports(fleet, host) >= ROLE_PORTS
         assert EXTRA_PORT not in live_tcp_ports(fleet, host)
         assert not port_answers(fleet, host, EXTRA_PORT)

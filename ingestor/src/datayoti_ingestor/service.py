@@ -432,6 +432,8 @@ class Ingestor:
                 break
             del self.pending[: len(batch)]
             flushed += len(batch)
+        if self.db_failure is None and self.stats_base is not None:
+            self.record_stats(time.monotonic())  # the interval's counts so far
         if self.pending:
             log.warning("stopping with %d messages unacknowledged; the broker redelivers them", len(self.pending))
         log.info("stopped after flushing %d messages", flushed)

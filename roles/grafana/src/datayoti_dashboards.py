@@ -52,7 +52,6 @@ ALERT_RULES_FILE = "datayoti-alert-rules.yaml"
 DATASOURCE_TYPE = "grafana-postgresql-datasource"
 DATASOURCE_UID = "datayoti-timescaledb"  # = __grafana_datasource_uid in roles/grafana/vars/main.yml (a test checks)
 FOLDER_TITLE = "DataYoti"
-FOLDER_UID = "datayoti"
 RULE_GROUP = "datayoti"
 RULE_GROUP_INTERVAL = "1m"
 ORG_ID = 1
@@ -546,7 +545,8 @@ def system_health() -> dashboard_builder.Dashboard:
     backlog = stats_series("       max(a.backlog) AS backlog")
     storage = stats_series("       max(a.database_bytes) AS database,\n"
                            "       min(a.disk_free_bytes) AS disk_free")
-    card = stats_series(f"       sum(a.card_written_bytes) * 3600 / {per_second} AS written_per_hour")
+    measured = "nullif(sum(a.interval_s) FILTER (WHERE a.card_written_bytes IS NOT NULL), 0)"
+    card = stats_series(f"       sum(a.card_written_bytes) * 3600 / {measured} AS written_per_hour")
     reasons_sql = ("SELECT m.reason, count(*) AS messages, max(m.received_at) AS last_seen\n"
                    "FROM rejected_messages m\n"
                    "WHERE $__timeFilter(m.received_at)\n"
@@ -711,6 +711,21 @@ def alert_rules() -> list[AlertRule]:
         summary="Ingest backlog at {{ humanize .Values.B.Value }} messages",
         description=(f"More than {BACKLOG_MAX} messages received but not committed for {BACKLOG_FOR}: the database "
                      "is slow or refusing writes."),
+    ))
+    # The backlog and disk rules read appliance_stats: when the ingestor stops writing it (stopped, or the
+    # database refusing its writes, a full disk included), they see no rows; this rule sees the silence.
+    rules.append(AlertRule(
+        uid="datayoti-stats-stale", title="Ingestor figures stale",
+        sql=("SELECT now() AS time,\n"
+             f"       CASE WHEN max(a.time) < now() - {sql_interval(STATS_FRESH)}\n"
+             "            THEN extract(epoch FROM now() - max(a.time))\n"
+             "            ELSE 0 END::float8 AS value\n"
+             "FROM appliance_stats a"),
+        window=STATS_FRESH, for_="0s", severity="critical",
+        summary="The ingestor has written no figures for {{ humanizeDuration .Values.B.Value }}",
+        description=(f"No appliance_stats row for more than {int(STATS_FRESH.total_seconds() // 60)} minutes: "
+                     "the ingestor is stopped, or the database refuses its writes (a full disk, for one). "
+                     "The backlog and disk rules cannot see past this; run `datayoti status` on the Pi."),
     ))
     rules.append(AlertRule(
         uid="datayoti-disk-free", title="Disk almost full",

@@ -40,7 +40,7 @@ SELECT device_id,
        max_humidity,
        measurement_count
 FROM (
-    SELECT * FROM rollup_daily WHERE bucket_start < rollup_daily_folded_until()
+    SELECT * FROM rollup_daily
     UNION ALL
     SELECT device_id, time_bucket(INTERVAL '1 day', bucket_start), sum(measurement_count),
            sum(sum_temperature), min(min_temperature), max(max_temperature),
