@@ -213,6 +213,8 @@ def digest_of_state(fleet) -> str:
     (("device", "sync", "--managed-by", "someone", "02:D7:00:01:00:01"), 2, "invalid choice"),
     (("device", "frobnicate"), 2, "invalid choice"),
     (("device", "add", "02:D7:AA:00:00:09", "--model", "BME280"), 2, "invalid choice"),
+    (("device", "set-model", "02:D7:AA:00:00:0A", "DHT11"), 1, "no sensor 02:D7:AA:00:00:0A"),
+    (("device", "set-model", "02:D7:AA:00:00:0A", "AM2302"), 2, "invalid choice"),
     (("secrets", "rotate", "nothing-like-it"), 2, "invalid choice"),
     # It encrypts what Grafana stores: never replaced.
     (("secrets", "rotate", "grafana-secret_key"), 2, "invalid choice"),
@@ -238,6 +240,13 @@ def test_the_sensor_model_decides_the_device_type_the_alerts_read(fleet):
         assert json.loads(added.stdout)["model"] == "DHT11"
         assert sql(fleet, f"SELECT device_type FROM devices WHERE device_id = '{mac}'") == "ESP32-DHT11"
         assert "model      DHT11" in datayoti(fleet, "device", "show", mac).stdout
+        # A sensor added as a DHT22 (the inventory's, for one) is told its model later; its password stays.
+        before = device(fleet, "show", mac)
+        changed = datayoti(fleet, "device", "set-model", mac, "DHT22", "--json")
+        assert changed.returncode == 0, changed.stdout + changed.stderr
+        after = json.loads(changed.stdout)
+        assert after["model"] == "DHT22" and after["MQTT_PASSWORD"] == before["MQTT_PASSWORD"]
+        assert sql(fleet, f"SELECT device_type FROM devices WHERE device_id = '{mac}'") == "ESP32-DHT22"
     finally:
         datayoti(fleet, "device", "remove", mac, "--purge")
 

@@ -1,4 +1,4 @@
-"""`datayoti device add|list|show|rotate|remove|sync`: sensors' accounts and the device registry.
+"""`datayoti device add|list|show|set-model|rotate|remove|sync`: sensors' accounts and the device registry.
 
 Each sensor has its own broker account (username: its MAC with hyphens), allowed to publish only
 under datayoti/sensor/<MAC>/. Its credentials, what the firmware needs, are kept in
@@ -252,6 +252,17 @@ def rotate(mac: str) -> dict:
     return creds
 
 
+def set_model(mac: str, model: str) -> dict:
+    """Record the DHT fitted to an existing sensor (its account and password stay)."""
+    mac = canonical_mac(mac)
+    device_type(model)
+    creds = read_device(mac)
+    creds["model"] = model
+    write_device(creds)  # first: the registry is what `show` prints
+    register(mac, None, None, model)
+    return creds
+
+
 def remove(mac: str, purge: bool = False) -> dict:
     """Revoke the account (the broker disconnects the sensor), then the registry entry."""
     mac = canonical_mac(mac)
@@ -309,6 +320,10 @@ def add_parser(commands) -> None:
     add_p.add_argument("--name", help="a label, e.g. 'greenhouse north'")
     add_p.add_argument("--model", choices=MODELS, default=MODELS[0],
                        help="the DHT fitted; it decides the alert thresholds (default: %(default)s)")
+    model_p = sub.add_parser("set-model", help="record the DHT fitted to a sensor (it decides the alert thresholds)")
+    model_p.add_argument("mac", metavar="MAC")
+    model_p.add_argument("model", choices=MODELS, metavar="MODEL", help=f"one of: {', '.join(MODELS)}")
+    model_p.add_argument("--json", action="store_true", help="print the sensor's record as JSON")
     show_p = sub.add_parser("show", help="print a sensor's credentials again")
     show_p.add_argument("mac", metavar="MAC")
     rotate_p = sub.add_parser("rotate", help="give a sensor a new password (it must be reflashed)")
@@ -355,6 +370,9 @@ def run_action(args: argparse.Namespace) -> str:
         if args.json:
             return json.dumps(creds, sort_keys=True)
         return config_h(creds) if args.config_h else render_text(creds)
+    if action == "set-model":
+        creds = set_model(args.mac, args.model)
+        return json.dumps(creds, sort_keys=True) if args.json else f"{creds['device_id']} is a {args.model}"
     if action == "remove":
         result = remove(args.mac, purge=args.purge)
         return json.dumps(result) if args.json else f"removed {result['device_id']}" + (
