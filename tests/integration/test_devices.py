@@ -29,8 +29,9 @@ def connect(fleet, creds: dict, password: str | None = None) -> Session:
 
 
 def reading(mac: str, temperature: float) -> str:
-    """A reading as the firmware sends it, built by the simulator."""
-    return json.dumps(simulate.data_payload(mac, simulate.firmware_timestamp(time.time()), temperature, 41.0))
+    """A reading as the firmware sends it, built by the simulator; stamped to the millisecond, since two readings
+    of one sensor in the same second are one row (the firmware's .000 timestamps made this test flaky)."""
+    return json.dumps(simulate.data_payload(mac, simulate.firmware_timestamp(time.time(), ms=True), temperature, 41.0))
 
 
 def inventory_sensor(fleet, index: int) -> dict:
