@@ -8,6 +8,8 @@ sets `run` (args -> exit code) and `needs_root` (args -> bool) as defaults:
   secrets   this Pi's secrets, made and applied here (hostsecrets.py)
   simulate  simulated sensors publishing like the firmware (simulate.py)
   backup    one checksummed file of the database, accounts and secrets; restore (backup.py)
+  database  the database, its login roles, extension and privileges (database.py)
+  firstboot a flashed card's first boot: database, secrets, schema, sensors (firstboot.py)
 
 Exit codes: 0 ok, 1 unhealthy or not found, 2 usage error (a non-root call included).
 Every error is one line on stderr, never a traceback.
@@ -19,11 +21,11 @@ import argparse
 import os
 import sys
 
-from . import backup, devices, health, hostsecrets, simulate
+from . import backup, database, devices, firstboot, health, hostsecrets, simulate
 
 PROG = "datayoti"
 # The subcommands, in the order --help lists them; a new one is added here.
-COMMANDS = (health, devices, hostsecrets, simulate, backup)
+COMMANDS = (health, devices, hostsecrets, database, simulate, backup, firstboot)
 
 
 class Parser(argparse.ArgumentParser):

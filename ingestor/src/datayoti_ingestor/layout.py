@@ -12,6 +12,7 @@ SECRETS_DIR = ETC_DIR / "secrets"  # root 0700: one file per secret, read by sys
 SENSORS_DIR = ETC_DIR / "sensors"  # root 0700: the device registry, one <MAC>.json per sensor account
 INGESTOR_CONFIG = ETC_DIR / "ingestor.toml"
 BROKER_CONFIG = ETC_DIR / "broker.toml"  # written by the mosquitto role: ports, public host, TLS names
+DATABASE_CONFIG = ETC_DIR / "database.toml"  # written by the timescaledb role: database, login roles, limits
 BACKUP_DIR = Path("/var/backups/datayoti")
 
 MOSQUITTO_CERTS_DIR = Path("/etc/mosquitto/certs")
