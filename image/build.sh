@@ -23,7 +23,7 @@ usage() {
 }
 
 ssh_key=""
-work_dir="${IMAGE_DIR}/work"
+work_dir="/var/tmp/datayoti-pi-gen" # GBs of root filesystems: outside the repository
 grafana_package=1
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -65,13 +65,20 @@ git -C "${pi_gen}" checkout --quiet --detach "${PI_GEN_COMMIT}"
 [ "$(git -C "${pi_gen}" rev-parse HEAD)" = "${PI_GEN_COMMIT}" ] || die "pi-gen is not at ${PI_GEN_COMMIT}"
 # Export only our stage, not stage2's plain Lite image.
 touch "${pi_gen}/stage2/SKIP_IMAGES"
+# pi-gen's export steps without 01-user-rename: its first-boot rename wizard would hold the console
+# for a user name and password, and pi-gen refuses to switch it off without a default password.
+export_dir="${work_dir}/export-image"
+rm -rf "${export_dir}"
+cp -a "${pi_gen}/export-image" "${export_dir}"
+rm -rf "${export_dir}/01-user-rename"
+export EXPORT_CONFIG_DIR="${export_dir}"
 
 export PUBKEY_SSH_FIRST_USER DATAYOTI_GRAFANA_PACKAGE="${grafana_package}"
 PUBKEY_SSH_FIRST_USER="$(cat "${ssh_key}")"
 (cd "${pi_gen}" && ./build.sh -c "${IMAGE_DIR}/config")
 
 shopt -s nullglob
-images=("${pi_gen}"/deploy/*-datayoti-edge-datayoti.img.xz)
+images=("${pi_gen}"/deploy/image_*-datayoti-edge-datayoti.img.xz)
 [ "${#images[@]}" -gt 0 ] || die "pi-gen finished without an image in ${pi_gen}/deploy"
 for image in "${images[@]}"; do
 	python3 "${IMAGE_DIR}/rpi_imager_manifest.py" "${image}"

@@ -24,6 +24,14 @@ DESCRIPTION = "ESP32 sensors to TimescaleDB and Grafana: Raspberry Pi OS Lite (t
 WEBSITE = "https://github.com/datayoti/datayoti-edge"
 # Imager's device tags of the 64-bit Pis this arm64 image boots.
 DEVICES = ("pi5-64bit", "pi4-64bit", "pi3-64bit")
+# Imager builds its "choose your device" step only from a manifest's imager.devices (rpi-imager
+# src/hwlistmodel.cpp); entries as in its doc/local_json/create_local_json.py.
+IMAGER_DEVICES = (
+    ("Raspberry Pi 5", "pi5-64bit", "RPi_5.png", "Raspberry Pi 5, 500 and Compute Module 5"),
+    ("Raspberry Pi 4", "pi4-64bit", "RPi_4.png", "Raspberry Pi 4 Model B, 400 and Compute Module 4"),
+    ("Raspberry Pi 3", "pi3-64bit", "RPi_3.png", "Raspberry Pi 3 Model B/B+, Zero 2 W and Compute Module 3"),
+)
+ICON_BASE = "https://downloads.raspberrypi.com/imager/icons/"
 ICON = Path(__file__).with_name("datayoti-icon.svg")
 CHUNK = 1 << 20
 
@@ -47,7 +55,10 @@ def digests(path: Path) -> tuple[int, str, int, str]:
 
 def manifest(url: str, icon: str, sizes: tuple[int, str, int, str], release_date: str) -> dict:
     extract_size, extract_sha256, download_size, download_sha256 = sizes
-    return {"os_list": [{
+    devices = [{"name": name, "tags": [tag], "icon": ICON_BASE + icon_file, "description": description,
+                "matching_type": "exclusive", "capabilities": []}
+               for name, tag, icon_file, description in IMAGER_DEVICES]
+    return {"imager": {"devices": devices}, "os_list": [{
         "name": NAME, "description": DESCRIPTION, "icon": icon, "website": WEBSITE, "url": url,
         "extract_size": extract_size, "extract_sha256": extract_sha256,
         "image_download_size": download_size, "image_download_sha256": download_sha256,

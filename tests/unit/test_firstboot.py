@@ -114,6 +114,9 @@ def test_manifest_of_an_xz_image_has_imager_required_fields(tmp_path):
     assert entry["image_download_size"] == image.stat().st_size
     assert entry["url"] == image.as_uri() and entry["init_format"] == "cloudinit-rpi"
     assert set(entry["devices"]) <= {"pi3-64bit", "pi4-64bit", "pi5-64bit"}
+    # Imager's device step lists only imager.devices; each tag the image names must be offered there.
+    offered = {tag for device in written["imager"]["devices"] for tag in device["tags"]}
+    assert set(entry["devices"]) <= offered
 
 
 def test_manifest_refuses_a_truncated_image_with_one_line(tmp_path, capsys):

@@ -10,11 +10,6 @@ if id -u "${FIRST_USER_NAME}" >/dev/null 2>&1; then
 	usermod --password '*' "${FIRST_USER_NAME}"
 fi
 usermod --password '*' root
-# Raspberry Pi OS's rename wizard would hold the console for a user name and password: the user comes
-# from pi-gen's config or from cloud-init's user-data instead.
-if command -v cancel-rename >/dev/null; then
-	cancel-rename "${FIRST_USER_NAME}"
-fi
 
 # Every card makes its own: SSH host keys (cloud-init, at first boot) and machine-id (systemd).
 rm -f /etc/ssh/ssh_host_*

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import subprocess
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -286,7 +287,10 @@ SELECT json_build_object(
 
 
 def query_json(sql: str, settings: Settings, database: str = "postgres") -> dict:
-    rows = localdb.psql(sql, database=database, variables=settings.variables())
+    try:
+        rows = localdb.psql(sql, database=database, variables=settings.variables())
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        raise DatabaseError(f"reading the state of {database}: {exc}") from None
     try:
         return json.loads("".join("\t".join(row) for row in rows))
     except ValueError:

@@ -16,12 +16,15 @@ import argparse
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 import time
 import tomllib
 from pathlib import Path
 
-from . import config, database, devices, hostsecrets, layout, localdb, schema
+import psycopg2
+
+from . import config, database, devices, dynsec, hostsecrets, layout, localdb, schema
 
 PROG = "datayoti firstboot"
 CARD_FILE = Path("/boot/firmware/datayoti.toml")
@@ -29,6 +32,8 @@ DONE_MARKER = Path("/var/lib/datayoti/firstboot.done")
 POSTGRESQL_WAIT_S = 120  # PostgreSQL is started before us, but may still be recovering after a power cut
 CARD_KEYS = {"site", "sensor"}
 SENSOR_KEYS = {"mac", "site", "name", "model"}
+# Ordered after datayoti-firstboot: started again here when an earlier, failed attempt left them failed.
+DATA_UNITS = (layout.MOSQUITTO_UNIT, layout.MIGRATE_UNIT, layout.INGESTOR_UNIT, layout.GRAFANA_UNIT)
 
 
 class CardError(Exception):
@@ -105,6 +110,10 @@ def parse_sensor(entry: dict, default_site: str | None, site_limit: int) -> Card
 
 # ------------------------------------------------------------------ the steps
 
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def say(step: str, detail: str = "") -> None:
     """One console line per step: journald stamps it, and the boot test waits for it."""
     print(f"{PROG}: {step}{': ' + detail if detail else ''}", file=sys.stderr, flush=True)
@@ -126,16 +135,31 @@ def migrate() -> list[str]:
     return schema.migrate(cfg)
 
 
-def register_sensors(card: Card) -> list[str]:
-    """Add the card's sensors; those already there are registered again (site, name, model), never re-keyed."""
-    done = []
+def register_sensors(card: Card) -> tuple[list[str], list[str]]:
+    """Add the card's sensors; those already there are registered again (site, name, model), never re-keyed.
+    Returns (registered, problems): one sensor that fails is reported and never stops the others."""
+    done, problems = [], []
     for sensor in card.sensors:
-        if devices.registry_path(sensor.mac).exists():
-            devices.register(sensor.mac, sensor.site, sensor.name, sensor.model)
-        else:
-            devices.add(sensor.mac, site=sensor.site, name=sensor.name, model=sensor.model)
+        try:
+            if devices.registry_path(sensor.mac).exists():
+                devices.register(sensor.mac, sensor.site, sensor.name, sensor.model)
+            else:
+                devices.add(sensor.mac, site=sensor.site, name=sensor.name, model=sensor.model)
+        except (devices.DeviceError, hostsecrets.SecretsError, OSError) as exc:
+            problems.append(f"sensor {sensor.mac}: {exc}; run `datayoti firstboot` again once fixed")
+            continue
         done.append(sensor.mac)
-    return done
+    return done, problems
+
+
+def start_failed_units() -> list[str]:
+    """The data services that failed for want of what this run made (an earlier attempt failed): start them."""
+    failed = [unit for unit in DATA_UNITS
+              if subprocess.run(["systemctl", "is-failed", "--quiet", unit], check=False).returncode == 0]
+    if failed:
+        subprocess.run(["systemctl", "reset-failed", *failed], check=False)
+        subprocess.run(["systemctl", "start", "--no-block", *failed], check=False)
+    return failed
 
 
 def read_card(path: Path) -> Card:
@@ -145,6 +169,8 @@ def read_card(path: Path) -> Card:
         text = path.read_text(encoding="utf-8-sig")  # Windows editors add a BOM
     except UnicodeDecodeError as exc:
         raise CardError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise CardError(f"{path}: {exc.strerror or exc}") from None
     return parse_card(text, str(path), devices.site_limit())
 
 
@@ -172,13 +198,14 @@ def run(card_file: Path = CARD_FILE, marker: Path = DONE_MARKER) -> dict:
         card = read_card(card_file)
     except CardError as exc:
         card = Card(problems=(f"{exc}; no sensor pre-registered",))
-    for problem in card.problems:
+    summary["sensors"], problems = register_sensors(card)
+    summary["problems"] += list(card.problems) + problems
+    for problem in summary["problems"]:
         say("problem", problem)
-    summary["problems"] += list(card.problems)
-    summary["sensors"] = register_sensors(card)
     say("sensors", f"{len(summary['sensors'])} from {card_file}")
     os.sync()  # what this boot made (secrets, SSH host keys, machine-id) is on the card before the marker
     write_marker(marker)
+    summary["started"] = start_failed_units()
     say("done")
     return summary
 
@@ -198,8 +225,10 @@ def command(args: argparse.Namespace) -> int:
         with hostsecrets.exclusive():
             summary = run(args.card)
     except (database.DatabaseError, hostsecrets.SecretsError, localdb.DatabaseUnavailable, devices.DeviceError,
-            config.ConfigError) as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+            config.ConfigError, dynsec.DynsecError, RuntimeError, OSError, subprocess.SubprocessError,
+            psycopg2.Error) as exc:
+        # One line; systemd tries again (Restart=on-failure), and every step done so far is kept.
+        print(f"{PROG}: {type(exc).__name__}: {one_line(str(exc))}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(summary, sort_keys=True))
