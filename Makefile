@@ -11,7 +11,8 @@ setup: $(STAMP)
 $(STAMP): requirements-dev.txt ansible/requirements.yml
 	apt-get update -qq || echo "setup: apt-get update reported errors; trying the install anyway" >&2
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-		mmdebstrap systemd-container iproute2 openssh-client python3-venv >/dev/null
+		mmdebstrap systemd-container iproute2 openssh-client python3-venv shellcheck \
+		qemu-system-x86 qemu-utils mtools dosfstools fdisk rsync xz-utils >/dev/null
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
 	$(VENV)/bin/ansible-galaxy collection install -r ansible/requirements.yml
@@ -48,3 +49,14 @@ dashboards: setup
 
 clean:
 	for bed in /run/datayoti-testbed/*/; do [ -d "$$bed" ] && $(TESTBED) --bed "$$(basename "$$bed")" down; done; true
+
+## image-test: build the SD image through the pi-gen shim (tests/image) and boot-test it under qemu (amd64)
+.PHONY: image-test image-arm64
+image-test: setup
+	$(VENV)/bin/pytest tests/integration/test_image.py
+
+## image-arm64: build the arm64 (Raspberry Pi) image and boot one card of it under qemu-system-aarch64
+image-arm64: setup
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		qemu-system-arm qemu-user-static binfmt-support arch-test fdisk >/dev/null
+	$(VENV)/bin/python tests/image/qemu_card.py --arch arm64

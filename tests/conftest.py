@@ -160,7 +160,7 @@ def fleet():
 
 
 MODULE_ORDER = ["test_lint", "test_sensor_fleet", "test_site", "test_ingestor", "test_datayoti", "test_devices",
-                "test_backup", "test_grafana_queries", "test_bench", "test_testbed", "test_molecule"]
+                "test_backup", "test_grafana_queries", "test_bench", "test_image", "test_testbed", "test_molecule"]
 
 
 def pytest_collection_modifyitems(items):

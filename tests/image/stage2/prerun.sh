@@ -1,0 +1,2 @@
+#!/bin/bash -e
+copy_previous
