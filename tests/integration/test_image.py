@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import require_root
 from datayoti_ingestor import schema, simulate
+from test_datayoti import wait_for
 from test_site import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "image"))
@@ -57,16 +58,6 @@ def sql(vm: VM, query: str) -> str:
                      check=False)
     assert result.returncode == 0, f"{query}\n{result.stdout}{result.stderr}"
     return result.stdout.strip()
-
-
-def wait_for(predicate, seconds: float, what: str, step: float = 1.0):
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            assert value, f"timed out after {seconds:.0f} s waiting for {what}"
-            return value
-        time.sleep(step)
 
 
 def unit_report(vm: VM) -> str:
