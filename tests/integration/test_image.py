@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require_root
-from datayoti_ingestor import schema, simulate
+from datayoti_ingestor import firstboot, schema, simulate
 from test_datayoti import wait_for
 from test_site import Session
 
@@ -33,7 +33,7 @@ GOAL_S = 90  # the issue's power-on to every service active, first boot included
 # datayoti-migrate is not among them: on a card, datayoti firstboot applies the migrations (checked below).
 DATA_SERVICES = ["ssh", "mosquitto", "postgresql@17-main", "datayoti-ingestor"]
 MIGRATIONS = [version for version, _ in schema.migration_files()]
-MARKER = "/var/lib/datayoti/firstboot.done"
+MARKER = str(firstboot.DONE_MARKER)  # the unit names it too (ConditionPathExists=)
 SENSOR = "02:D7:11:00:00:01"
 STEP = "datayoti firstboot: {}"
 # Where card B loses power: (what, serial line to wait for, seconds after it). Each cut is followed by a boot,
