@@ -161,7 +161,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def qemu_command(card: Card, serial_log: Path, ssh_port: int, mqtt_port: int, memory_mb: int = 1024) -> list[str]:
+def qemu_command(card: Card, serial_log: Path, ssh_port: int, mqtt_port: int, memory_mb: int = 1024,
+                 cache: str = "unsafe") -> list[str]:
+    """`cache`: qemu's disk cache mode. "unsafe" (the default) is fastest; "none" opens the card without the
+    host's page cache, so that what the guest has not written yet is lost as on a real card."""
     image = card.image
     net = (f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22,"
            f"hostfwd=tcp:127.0.0.1:{mqtt_port}-:1883")
@@ -174,7 +177,7 @@ def qemu_command(card: Card, serial_log: Path, ssh_port: int, mqtt_port: int, me
     return cmd + [
         "-accel", "tcg,thread=multi", "-smp", "2", "-m", str(memory_mb), "-nodefaults",
         "-display", "none", "-monitor", "none", "-serial", f"file:{serial_log}",
-        "-drive", f"file={card.disk},if=none,id=disk0,format=raw,cache=unsafe",
+        "-drive", f"file={card.disk},if=none,id=disk0,format=raw,cache={cache}",
         "-device", "virtio-blk-pci,drive=disk0",
         "-netdev", net, "-device", "virtio-net-pci,netdev=n0",
         "-object", "rng-random,filename=/dev/urandom,id=rng0", "-device", "virtio-rng-pci,rng=rng0",
@@ -194,10 +197,10 @@ class VM:
     marks: dict[str, float] = field(default_factory=dict)  # seconds after power-on
 
     @classmethod
-    def boot(cls, card: Card, serial_log: Path, memory_mb: int = 1024) -> VM:
+    def boot(cls, card: Card, serial_log: Path, memory_mb: int = 1024, cache: str = "unsafe") -> VM:
         ssh_port, mqtt_port = free_port(), free_port()
         serial_log.write_text("")
-        cmd = qemu_command(card, serial_log, ssh_port, mqtt_port, memory_mb)
+        cmd = qemu_command(card, serial_log, ssh_port, mqtt_port, memory_mb, cache)
         started = time.monotonic()
         with open(serial_log.with_suffix(".qemu.log"), "w") as qemu_err:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=qemu_err,

@@ -342,6 +342,25 @@ def test_postgresql_down_for_60s_loses_nothing_and_the_service_stays_up(fleet, i
     assert stored_for(fleet, macs, start, per_sensor) == (1600, 1600)
 
 
+def test_a_postgresql_crash_loses_no_committed_reading_not_yet_flushed(fleet, ingestor_active):
+    """Commits are asynchronous: a crash of the server (every process SIGKILLed) loses those whose WAL was
+    not flushed yet. Their messages were not acknowledged; the ingestor writes them again, once each."""
+    sensors = sensors_of(fleet, 10)
+    per_sensor, start = 100, 350_000  # 1,000 readings over ~50 s
+    thread, holder = publish_in_background(sensors, per_sensor, qos=1, rate=20, start=start)
+    time.sleep(15)
+    try:
+        fleet.sh(PI, "systemctl kill --signal=SIGKILL postgresql@17-main")
+        time.sleep(3)
+    finally:
+        fleet.sh(PI, "systemctl start postgresql@17-main")
+    finish(thread, holder, sensors, 10 * per_sensor)
+    macs = [s.device_id for s in sensors]
+    wait_for(lambda: stored_for(fleet, macs, start, per_sensor)[0] >= 1000, 120, what="1,000 rows")
+    assert stored_for(fleet, macs, start, per_sensor) == (1000, 1000)
+    assert service(fleet, "ActiveState") == "active"
+
+
 def test_watchdog_restarts_a_stopped_ingestor_and_nothing_is_lost(fleet, ingestor_active):
     watchdog_s = systemd_seconds(service(fleet, "WatchdogUSec"))
     assert watchdog_s > 0

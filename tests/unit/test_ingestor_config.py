@@ -109,6 +109,8 @@ def test_connection_keywords_carry_any_password(tmp_path):
     ("[mqtt]\nport = 70000\n", "mqtt.port must be at most 65535"),
     ("[batch]\nretry_max_s = nan\n", "not a finite number"),
     ("[rules]\nmax_json_depth = 0\n", "rules.max_json_depth must be positive"),
+    ("[batch]\nmax_unflushed = -1\n", "batch.max_unflushed must be between 0 and mqtt.receive_maximum - 1"),
+    ("[mqtt]\nreceive_maximum = 100\n[batch]\nmax_unflushed = 100\n", "(99), not 100"),
 ])
 def test_out_of_range_settings_are_refused(tmp_path, text, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -116,7 +118,7 @@ def test_out_of_range_settings_are_refused(tmp_path, text, message):
 
 
 toml_scalars = st.one_of(st.integers(), st.floats(), st.booleans(), st.text(max_size=10))
-toml_keys = st.sampled_from(["host", "port", "max_rows", "retry_max_s", "password", "temperature_min",
+toml_keys = st.sampled_from(["host", "port", "max_rows", "max_unflushed", "retry_max_s", "password", "temperature_min",
                              "online_minutes", "max_json_depth", "x"])
 
 

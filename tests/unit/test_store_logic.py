@@ -21,6 +21,8 @@ from datayoti_ingestor.store import (
     TouchThrottle,
     WriteFailed,
     failure_kind,
+    interval_seconds,
+    parse_lsn,
     refusal_detail,
 )
 
@@ -101,3 +103,70 @@ def test_a_surprise_while_parsing_becomes_a_reject(monkeypatch):
     item = Incoming(mid=1, dup=False, received_at=datetime.now(UTC), topic="datayoti/sensor/x/data", payload=b"{}")
     service.classify(item, Limits())
     assert (item.parsed, item.reason) == (None, "internal_error") and "KeyError" in item.detail
+
+
+# ------------------------------------------------------------------ asynchronous commits, acknowledged once flushed
+
+@pytest.mark.parametrize("text,position", [("0/0", 0), ("0/16B3F48", 0x16B3F48), ("1/0", 1 << 32),
+                                           ("A/FF", (10 << 32) | 0xFF)])
+def test_a_wal_position_reads_as_a_byte_offset(text, position):
+    assert parse_lsn(text) == position
+
+
+@pytest.mark.parametrize("text,seconds", [("10s", 10.0), ("200ms", 0.2), ("1min", 60.0), ("500", 0.5)])
+def test_a_time_setting_reads_in_seconds(text, seconds):
+    assert interval_seconds(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("max_unflushed,unflushed,incoming,oldest,expected", [
+    (0, 0, 1, None, True),        # asynchronous commits off
+    (500, 0, 20, None, False),    # nothing waits yet
+    (500, 480, 20, 1.0, False),   # exactly at the bound
+    (500, 481, 20, 1.0, True),    # one more would pass it
+    (500, 10, 1, 11.9, False),
+    (500, 10, 1, 12.0, True),     # the oldest waited past the deadline
+])
+def test_a_commit_waits_for_the_disk_when_too_much_or_too_old_waits_for_the_flush(
+        max_unflushed, unflushed, incoming, oldest, expected):
+    assert service.must_wait_for_disk(max_unflushed, unflushed, incoming, oldest, deadline_s=12.0) is expected
+
+
+def test_only_batches_whose_commit_is_flushed_are_acknowledged():
+    batches = [service.Unflushed(lsn, 0.0, []) for lsn in (100, 200, 300)]
+    assert [service.flushed_prefix(batches, flushed) for flushed in (99, 100, 250, 300, 10**9)] == [0, 1, 2, 3, 3]
+    assert service.flushed_prefix([], 10) == 0
+    # A batch whose end is not bounded yet is never taken as flushed, nor is any after it.
+    assert service.flushed_prefix([service.Unflushed(None, 0.0, []), *batches], 10**9) == 0
+
+
+def test_batches_committed_before_a_wal_position_was_read_end_before_it():
+    batches = [service.Unflushed(lsn, 0.0, []) for lsn in (100, None, None)]
+    service.bound_unflushed(batches, 500)
+    assert [b.lsn for b in batches] == [100, 500, 500]
+    batches.append(service.Unflushed(None, 0.0, []))
+    service.bound_unflushed(batches, 900)
+    assert [b.lsn for b in batches] == [100, 500, 500, 900]
+
+
+def test_the_inbox_wakes_the_main_loop_once_enough_messages_wait():
+    import threading
+
+    inbox = service.Inbox()
+    woke = threading.Event()
+
+    def sleeper():
+        inbox.wait(5.0, wake_at=3)
+        woke.set()
+
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    try:
+        for mid in range(2):
+            inbox.put(Incoming(mid=mid, dup=False, received_at=datetime.now(UTC), topic="t", payload=b""))
+        assert not woke.wait(0.3), "woken before 3 messages waited"
+        inbox.put(Incoming(mid=2, dup=False, received_at=datetime.now(UTC), topic="t", payload=b""))
+        assert woke.wait(2.0), "not woken by the third message"
+    finally:
+        inbox.wake()
+        thread.join(5)
+    assert len(inbox.take_all()) == 3

@@ -41,9 +41,8 @@ class MqttConfig:
     client_id: str = "datayoti-ingestor"
     topic: str = "datayoti/sensor/#"
     keepalive_s: int = 60
-    # Session kept by the broker this long after a disconnect (MQTT 5 session expiry).
-    session_expiry_s: int = 7 * 24 * 3600
-    # Unacknowledged messages the broker may send at once: the bound of the in-memory backlog.
+    # Unacknowledged messages the broker sends at once (Mosquitto's max_inflight_messages, which the
+    # mosquitto role sets from the same variable): the bound of the in-memory backlog.
     receive_maximum: int = 2000
     ca_file: str = ""
 
@@ -64,6 +63,11 @@ class DatabaseConfig:
 class BatchConfig:
     max_rows: int = 1000
     max_delay_ms: int = 20
+    # Commits return before their WAL is on the card (synchronous_commit off for the ingestor's own
+    # transactions): rows are visible at once, and a message is acknowledged to the broker only once
+    # PostgreSQL's WAL writer has flushed its commit. At most this many messages wait for that flush;
+    # one more makes the next commit synchronous. 0: every commit waits for the card.
+    max_unflushed: int = 500
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
 
@@ -121,7 +125,7 @@ class Config:
 
 
 POSITIVE = {
-    "mqtt.port", "mqtt.keepalive_s", "mqtt.session_expiry_s", "mqtt.receive_maximum", "database.port",
+    "mqtt.port", "mqtt.keepalive_s", "mqtt.receive_maximum", "database.port",
     "database.connect_timeout_s", "batch.max_rows", "batch.max_delay_ms", "batch.retry_initial_s",
     "batch.retry_max_s", "rules.max_payload_bytes", "rules.rejected_payload_bytes", "rules.max_site_id_chars",
     "rules.max_text_chars", "rules.max_json_depth", "rules.max_json_keys", "rules.max_key_chars",
@@ -228,6 +232,10 @@ def load(path: Path | None = None, env: dict[str, str] | None = None) -> Config:
         if value is not None:
             section, key = dotted.split(".")
             built[section] = dataclasses.replace(built[section], **{key: value})
+    if not 0 <= built["batch"].max_unflushed < built["mqtt"].receive_maximum:
+        raise ConfigError(f"batch.max_unflushed must be between 0 and mqtt.receive_maximum - 1 "
+                          f"({built['mqtt'].receive_maximum - 1}), not {built['batch'].max_unflushed}: the broker "
+                          "sends no more than receive_maximum unacknowledged messages")
     if built["health"].warning_minutes <= built["health"].online_minutes:
         raise ConfigError("health.warning_minutes must be greater than health.online_minutes")
     return Config(**built)

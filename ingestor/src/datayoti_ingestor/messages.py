@@ -139,6 +139,14 @@ def parse_topic(topic: str) -> tuple[str, str]:
         raise Rejected("bad_device_id", str(exc)) from None
 
 
+def refuse_constant(name: str):
+    raise Rejected("not_finite", f"JSON constant {name} is not a number")
+
+
+# One decoder for every message: json.loads(text, parse_constant=...) would build a new one each time.
+DECODER = json.JSONDecoder(parse_constant=refuse_constant)
+
+
 def decode_payload(payload: bytes, limits: Limits) -> dict:
     if len(payload) > limits.max_payload_bytes:
         raise Rejected("oversized", f"{len(payload)} bytes, the limit is {limits.max_payload_bytes}")
@@ -146,12 +154,8 @@ def decode_payload(payload: bytes, limits: Limits) -> dict:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise Rejected("not_utf8", f"invalid UTF-8 at byte {exc.start}") from None
-
-    def refuse_constant(name: str):
-        raise Rejected("not_finite", f"JSON constant {name} is not a number")
-
     try:
-        body = json.loads(text, parse_constant=refuse_constant)
+        body = DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise Rejected("malformed_json", f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:

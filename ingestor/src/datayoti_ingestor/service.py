@@ -1,5 +1,10 @@
 """The ingestor's main loop: MQTT in, batched transactions out, ack after commit.
 
+Commits are asynchronous (store.py): a batch's rows are visible at once, and its
+messages are acknowledged once PostgreSQL's WAL flush has passed its commit, which
+the main loop asks about once a second. A commit waits for the disk itself when too
+many messages, or too old ones, wait for that flush, and on the way out.
+
 Threads: paho's network thread only appends to `Inbox`; everything else
 (parsing, writing, acknowledging, notifying systemd) happens in the main thread,
 so WATCHDOG=1 proves that the main loop itself is making progress.
@@ -18,8 +23,6 @@ from datetime import UTC, datetime
 
 import paho.mqtt.client as mqtt
 import psycopg2
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from . import storage
 from .config import Config, database_connect_kwargs
@@ -30,6 +33,13 @@ log = logging.getLogger("datayoti.ingestor")
 STATUS_EVERY_S = 5.0
 DB_PING_EVERY_S = 10.0
 STATS_RETRY_S = 10.0
+# Committed messages wait for the WAL writer's flush at most wal_writer_delay plus this; then the
+# next commit is synchronous.
+FLUSH_GRACE_S = 2.0
+# How often to ask how far the WAL is written and flushed while committed messages wait.
+FLUSH_POLL_S = 1.0
+# WATCHDOG=1 at most this often (WatchdogSec is 30 s): one datagram a second, not one per pass of the loop.
+WATCHDOG_EVERY_S = 1.0
 
 
 class Notifier:
@@ -49,16 +59,22 @@ class Notifier:
 
 
 class Inbox:
-    """What paho's thread hands to the main loop."""
+    """What paho's thread hands to the main loop.
+
+    The main loop is woken only when enough messages wait (see `wait`), not for each one: at 1,000 msg/s
+    it wakes once per batch.
+    """
 
     def __init__(self):
         self._items: deque[Incoming] = deque()
         self._ready = threading.Condition()
+        self._wake_at = 1
 
     def put(self, item: Incoming) -> None:
         with self._ready:
             self._items.append(item)
-            self._ready.notify()
+            if len(self._items) >= self._wake_at:
+                self._ready.notify()
 
     def take_all(self) -> list[Incoming]:
         with self._ready:
@@ -66,10 +82,13 @@ class Inbox:
             self._items.clear()
             return items
 
-    def wait(self, timeout: float) -> None:
+    def wait(self, timeout: float, wake_at: int = 1) -> None:
+        """Sleep up to `timeout` s, or until `wake_at` messages wait, or until `wake()`."""
         with self._ready:
-            if not self._items:
+            if len(self._items) < wake_at:
+                self._wake_at = wake_at
                 self._ready.wait(timeout)
+                self._wake_at = 1
 
     def wake(self) -> None:
         with self._ready:
@@ -101,6 +120,48 @@ def classify(item: Incoming, limits: Limits) -> Incoming:
         log.exception("parsing a message on %s failed unexpectedly", printable(item.topic))
         item.reason, item.detail = "internal_error", printable(f"{type(exc).__name__}: {exc}")
     return item
+
+
+@dataclass
+class Unflushed:
+    """A committed batch whose WAL is not known to be on disk yet: its messages are not acknowledged.
+
+    `lsn` bounds where its commit ends in the WAL: the insert position read after it (None until read).
+    """
+
+    lsn: int | None
+    committed_at: float
+    items: list[Incoming]
+
+
+def must_wait_for_disk(max_unflushed: int, unflushed: int, incoming: int, oldest_age_s: float | None,
+                       deadline_s: float) -> bool:
+    """Whether the next commit must be synchronous.
+
+    Always when asynchronous commits are off (max_unflushed 0); else when the messages waiting for
+    the flush would pass max_unflushed, or the oldest has waited past the deadline.
+    """
+    if max_unflushed <= 0 or unflushed + incoming > max_unflushed:
+        return True
+    return oldest_age_s is not None and oldest_age_s >= deadline_s
+
+
+def flushed_prefix(unflushed: list[Unflushed] | deque, flushed_lsn: int) -> int:
+    """How many of the oldest committed batches are on disk (commit LSNs only grow; None is not known yet)."""
+    count = 0
+    for entry in unflushed:
+        if entry.lsn is None or entry.lsn > flushed_lsn:
+            break
+        count += 1
+    return count
+
+
+def bound_unflushed(unflushed: list[Unflushed] | deque, inserted_lsn: int) -> None:
+    """Batches committed before the WAL insert position was read end before it."""
+    for entry in reversed(unflushed):
+        if entry.lsn is not None:
+            break
+        entry.lsn = inserted_lsn
 
 
 def next_backoff(current: float, initial: float, maximum: float) -> float:
@@ -214,6 +275,12 @@ class Ingestor:
         self.limits = limits_from(config)
         self.inbox = Inbox()
         self.pending: list[Incoming] = []
+        # Committed batches not acknowledged yet, oldest first, and their message count.
+        self.unflushed: deque[Unflushed] = deque()
+        self.unflushed_count = 0
+        # The store's connection the unflushed batches were committed on.
+        self.unflushed_connection = 0
+        self.flush_check_at = 0.0
         self.stats = Stats()
         self.stop_requested = False
         self.mqtt_connected = threading.Event()
@@ -223,6 +290,7 @@ class Ingestor:
             connect_kwargs=database_connect_kwargs(config.database),
             device_cache_ttl_s=config.rules.device_cache_ttl_s,
             payload_limit=config.rules.rejected_payload_bytes,
+            asynchronous=config.batch.max_unflushed > 0,
         )
         self.client = self._make_client()
         self.card_device = storage.block_device_of(config.stats.disk_path)
@@ -233,8 +301,11 @@ class Ingestor:
 
     def _make_client(self) -> mqtt.Client:
         m = self.config.mqtt
+        # MQTT 3.1.1 with a persistent session (clean_session false): the broker keeps it while the ingestor
+        # is away (Mosquitto's persistent_client_expiration). Unlike MQTT 5, it costs no properties object
+        # per message and acknowledgement; the broker's max_inflight_messages bounds what is unacknowledged.
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=m.client_id,
-                             protocol=mqtt.MQTTv5, manual_ack=True)
+                             protocol=mqtt.MQTTv311, clean_session=False, manual_ack=True)
         client.username_pw_set(m.username, m.password)
         if m.ca_file:
             client.tls_set(ca_certs=m.ca_file)
@@ -274,10 +345,7 @@ class Ingestor:
 
     def connect_mqtt(self) -> None:
         m = self.config.mqtt
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = m.session_expiry_s
-        props.ReceiveMaximum = m.receive_maximum
-        self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=False, properties=props)
+        self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s)
         self.client.loop_start()
 
     def wait_until_ready(self) -> bool:
@@ -303,18 +371,28 @@ class Ingestor:
         while not self.stop_requested and time.monotonic() < deadline:
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 
-    def flush(self, batch: list[Incoming]) -> bool:
-        """Commit a batch, then acknowledge it. False if it was kept for a retry."""
+    def flush(self, batch: list[Incoming], final: bool = False) -> bool:
+        """Commit a batch; acknowledge it once it is on disk. False if it was kept for a retry."""
+        now = time.monotonic()
+        oldest = now - self.unflushed[0].committed_at if self.unflushed else None
+        deadline = self.store.wal_writer_delay_s + FLUSH_GRACE_S
+        synchronous = final or must_wait_for_disk(self.config.batch.max_unflushed, self.unflushed_count, len(batch),
+                                                  oldest, deadline)
         try:
-            result = self.store.write_batch(batch)
+            result = self.store.write_batch(batch, synchronous=synchronous)
         except WriteFailed as failure:
             self.note_database_failure(failure, f"keeping {len(batch)} messages unacknowledged")
             return False
         if self.db_failure is not None:
             log.info("database is back; writing resumed")
         self.db_failure = None
-        for item in batch:
-            self.client.ack(item.mid, item.qos)
+        if not self.unflushed:
+            self.flush_check_at = now + FLUSH_POLL_S
+            self.unflushed_connection = self.store.connects
+        self.unflushed.append(Unflushed(None, now, batch))
+        self.unflushed_count += len(batch)
+        if synchronous or not self.store.asynchronous:
+            self.acknowledge(len(self.unflushed))  # a synchronous commit: everything before it is on disk too
         for item in batch:
             if item.reason:
                 log.warning("rejected %s: %s (%s)", printable(item.topic), item.reason, item.detail)
@@ -324,8 +402,55 @@ class Ingestor:
         self.stats.duplicates += result.duplicates
         return True
 
+    def acknowledge(self, batches: int) -> None:
+        """Acknowledge the `batches` oldest committed batches to the broker: they are on disk."""
+        for _ in range(batches):
+            entry = self.unflushed.popleft()
+            self.unflushed_count -= len(entry.items)
+            for item in entry.items:
+                self.client.ack(item.mid, item.qos)
+
+    def check_flushed(self, now: float) -> None:
+        """Acknowledge the batches the WAL writer has flushed; bound where the newer ones end."""
+        self.flush_check_at = now + FLUSH_POLL_S
+        if self.unflushed_connection_lost():
+            return
+        try:
+            inserted, flushed = self.store.wal_positions()
+        except psycopg2.Error as exc:
+            self.note_database_failure(WriteFailed(UNREACHABLE, exc), "checking the WAL flush")
+            self.store.close()
+            return
+        self.acknowledge(flushed_prefix(self.unflushed, flushed))
+        bound_unflushed(self.unflushed, inserted)
+
+    def unflushed_connection_lost(self) -> bool:
+        """Whether the connection the unflushed batches were committed on is gone: if so, they are written again.
+
+        The server may have crashed meanwhile, and a new server run reuses the WAL positions it lost.
+        """
+        if self.unflushed and (self.store.conn is None or self.store.connects != self.unflushed_connection):
+            self.rewrite_unflushed()
+            return True
+        return False
+
+    def rewrite_unflushed(self) -> None:
+        """The database failed: committed batches not known to be on disk are written again.
+
+        A crash of the server loses them; the natural keys make the second write of a stored row a no-op.
+        """
+        if not self.unflushed:
+            return
+        items = [item for entry in self.unflushed for item in entry.items]
+        self.unflushed.clear()
+        self.unflushed_count = 0
+        self.pending[:0] = items
+        log.warning("writing %d committed messages again: the database failed before they were on disk",
+                    len(items))
+
     def note_database_failure(self, failure: WriteFailed, consequence: str) -> None:
-        """Log a database failure once per change of state."""
+        """Log a database failure once per change of state; committed messages not on disk are written again."""
+        self.rewrite_unflushed()
         previous = self.db_failure
         self.db_failure = failure
         if previous is None or (previous.kind, previous.sqlstate) != (failure.kind, failure.sqlstate):
@@ -342,12 +467,13 @@ class Ingestor:
         log.info("ready: consuming %s", self.config.mqtt.topic)
         batch_cfg = self.config.batch
         max_delay = batch_cfg.max_delay_ms / 1000
-        backoff, retry_at, last_status, last_ping = 0.0, 0.0, 0.0, time.monotonic()
+        backoff, retry_at, last_status, last_ping, last_watchdog = 0.0, 0.0, 0.0, time.monotonic(), 0.0
         self.stats.window_start = time.monotonic()
         self.stats_base = self.sample(time.monotonic())
         self.stats_due_at = self.stats_base.monotonic + self.config.stats.interval_s
         while not self.stop_requested:
             now = time.monotonic()
+            self.unflushed_connection_lost()
             taken = self.inbox.take_all()
             self.stats.received += len(taken)
             self.pending.extend(classify(i, self.limits) for i in taken)
@@ -364,29 +490,44 @@ class Ingestor:
                 else:
                     backoff = next_backoff(backoff, batch_cfg.retry_initial_s, batch_cfg.retry_max_s)
                     retry_at = now + backoff
-            elif not self.pending and now - last_ping >= DB_PING_EVERY_S:
+            elif not self.pending and not self.unflushed and now - last_ping >= DB_PING_EVERY_S:
                 self.check_database()
+                last_ping = now
+            if self.unflushed and now >= self.flush_check_at and now >= retry_at:
+                self.check_flushed(now)
                 last_ping = now
             if self.db_failure is None and now >= self.stats_due_at:
                 self.record_stats(now)
             # One pass of the loop done: this is the progress the watchdog waits for.
-            self.notify("WATCHDOG=1")
+            if now - last_watchdog >= WATCHDOG_EVERY_S:
+                self.notify("WATCHDOG=1")
+                last_watchdog = now
             if now - last_status >= STATUS_EVERY_S:
                 self.notify("STATUS=" + status_line(self.stats, len(self.pending) + len(self.inbox), now,
                                                     database_state(self.db_failure), self.mqtt_connected.is_set()))
                 last_status = now
             if not (self.pending and len(self.pending) >= batch_cfg.max_rows and now >= retry_at):
-                wait = max_delay if self.pending else 1.0
-                if retry_at > now:
-                    wait = min(1.0, retry_at - now)
-                self.inbox.wait(wait)
+                self.inbox.wait(*self.next_wake(now, retry_at))
         self.shutdown()
         return 0
+
+    def next_wake(self, now: float, retry_at: float) -> tuple[float, int]:
+        """How long the main loop may sleep, and how many new messages wake it earlier."""
+        max_delay = self.config.batch.max_delay_ms / 1000
+        if retry_at > now:  # the database is failing: new messages wait for the retry
+            return min(1.0, retry_at - now), self.config.batch.max_rows
+        wait, wake_at = 1.0, 1
+        if self.pending:  # a batch is forming: until it is due, or full
+            age = time.time() - self.pending[0].received_at.timestamp()
+            wait, wake_at = max(0.0, max_delay - age), max(1, self.config.batch.max_rows - len(self.pending))
+        if self.unflushed:
+            wait = min(wait, max(0.0, self.flush_check_at - now))
+        return wait, wake_at
 
     def sample(self, now: float) -> Sample:
         return Sample(now, self.stats.totals(), storage.sectors_written(self.card_device))
 
-    def record_stats(self, now: float) -> None:
+    def record_stats(self, now: float, synchronous: bool = False) -> bool:
         """Write the appliance_stats row for the interval since the last one written.
 
         If it fails, the next attempt covers the longer interval: no count is lost.
@@ -399,14 +540,15 @@ class Ingestor:
         row = stats_row(datetime.now(UTC), now - self.stats_base.monotonic, self.stats_base.totals, current.totals,
                         len(self.pending) + len(self.inbox), disk, self.stats_base.sectors, current.sectors)
         try:
-            self.store.write_stats(row)
+            self.store.write_stats(row, synchronous=synchronous)
         except psycopg2.Error as exc:
             log.warning("appliance_stats not written (%s); the next row covers this interval too",
                         str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
             self.stats_due_at = now + min(self.config.stats.interval_s, STATS_RETRY_S)
-            return
+            return False
         self.stats_base = current
         self.stats_due_at = now + self.config.stats.interval_s
+        return True
 
     def check_database(self) -> None:
         """An idle ping, so that the status notices a database that went away between batches."""
@@ -426,16 +568,21 @@ class Ingestor:
         self.notify("STOPPING=1")
         self.pending.extend(classify(i, self.limits) for i in self.inbox.take_all())
         flushed = 0
+        self.unflushed_connection_lost()
         while self.pending:
             batch = self.pending[: self.config.batch.max_rows]
-            if not self.flush(batch):
+            # The last commit waits for the disk, and so puts every commit before it there.
+            if not self.flush(batch, final=len(batch) == len(self.pending)):
                 break
             del self.pending[: len(batch)]
             flushed += len(batch)
-        if self.db_failure is None and self.stats_base is not None:
-            self.record_stats(time.monotonic())  # the interval's counts so far
-        if self.pending:
-            log.warning("stopping with %d messages unacknowledged; the broker redelivers them", len(self.pending))
+        # The interval's counts so far, in a synchronous commit: it puts any batch still waiting on disk.
+        if (self.db_failure is None and self.stats_base is not None
+                and self.record_stats(time.monotonic(), synchronous=True)):
+            self.acknowledge(len(self.unflushed))
+        left = len(self.pending) + self.unflushed_count
+        if left:
+            log.warning("stopping with %d messages unacknowledged; the broker redelivers them", left)
         log.info("stopped after flushing %d messages", flushed)
         self.client.disconnect()
         self.client.loop_stop()

@@ -1,7 +1,9 @@
 """Writes batches of parsed messages to PostgreSQL in one transaction each.
 
-A batch is committed whole or not at all; the caller acknowledges its MQTT
-messages only after `write_batch` returns. Redelivered messages find their row
+A batch is committed whole or not at all. A commit is asynchronous unless the
+caller asks otherwise: its rows are visible at once, and the caller acknowledges
+its MQTT messages once `wal_positions()` shows the WAL flushed past it. Redelivered
+messages find their row
 through the natural keys and are not stored twice; the rollups are updated from
 the rows actually inserted, in the same statement, so they always equal an
 aggregate over the raw rows.
@@ -33,6 +35,9 @@ REDELIVERY_WINDOW_DELTA = timedelta(days=7)
 REDELIVERY_WINDOW = f"{REDELIVERY_WINDOW_DELTA.days} days"
 
 ROLLUPS = (("rollup_semi_hourly", "30 minutes"), ("rollup_hourly", "1 hour"))
+
+# How far the WAL is written (every commit returned so far is before it), and how far it is on disk.
+WAL_POSITIONS = "SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text"
 
 
 def rollup_upsert(table: str, width: str) -> str:
@@ -151,6 +156,19 @@ class Incoming:
     parsed: Reading | Heartbeat | Status | None = None
     reason: str | None = None
     detail: str | None = None
+
+
+def parse_lsn(text: str) -> int:
+    """PostgreSQL's 'X/Y' (two hexadecimal halves) -> a byte position."""
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def interval_seconds(text: str) -> float:
+    """A time setting as SHOW prints it ('10s', '200ms', '1min') -> seconds."""
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    return float(number) * units.get(text[len(number):], 1e-3)
 
 
 @dataclass
@@ -289,18 +307,49 @@ VALUES (%(time)s, %(interval_s)s, %(received)s, %(stored)s, %(rejected)s, %(data
 
 
 class Store:
-    def __init__(self, connect_kwargs: dict, device_cache_ttl_s: float, payload_limit: int):
+    def __init__(self, connect_kwargs: dict, device_cache_ttl_s: float, payload_limit: int,
+                 asynchronous: bool = True):
         self.connect_kwargs = connect_kwargs
         self.payload_limit = payload_limit
+        self.asynchronous = asynchronous
         self.cache = DeviceCache(device_cache_ttl_s)
         self.data_touch = TouchThrottle(TOUCH_EVERY_S)
         self.heartbeat_touch = TouchThrottle(TOUCH_EVERY_S)
         self.conn = None
+        # Connections made so far: WAL positions of one server run mean nothing to the next.
+        self.connects = 0
+        # PostgreSQL's wal_writer_delay: an asynchronous commit is on disk about this long after it.
+        self.wal_writer_delay_s = 0.2
 
     def connect(self) -> None:
         self.close()
+        self.connects += 1
         self.conn = psycopg2.connect(**self.connect_kwargs)
         self.conn.autocommit = False
+        if self.asynchronous:
+            try:
+                with self.conn.cursor() as cur:
+                    # This session's commits return before the disk has them (write_batch says where they are).
+                    cur.execute("SET synchronous_commit TO off")
+                    cur.execute("SHOW wal_writer_delay")
+                    self.wal_writer_delay_s = interval_seconds(cur.fetchone()[0])
+                self.conn.commit()
+            except psycopg2.Error:
+                self.close()
+                raise
+
+    def wal_positions(self) -> tuple[int, int]:
+        """(inserted, flushed): every commit returned so far ends before `inserted`, and the WAL is on disk up
+        to `flushed`. Raises psycopg2.Error."""
+        with self.conn.cursor() as cur:
+            cur.execute(WAL_POSITIONS)
+            inserted, flushed = cur.fetchone()
+        self.conn.rollback()
+        return parse_lsn(inserted), parse_lsn(flushed)
+
+    def _begin(self, cur, synchronous: bool) -> None:
+        if self.asynchronous and synchronous:
+            cur.execute("SET LOCAL synchronous_commit TO on")
 
     def close(self) -> None:
         if self.conn is not None:
@@ -314,24 +363,30 @@ class Store:
             cur.execute("SELECT 1")
         self.conn.rollback()
 
-    def write_stats(self, row: dict) -> None:
-        """One appliance_stats row, committed on its own; raises psycopg2.Error (the caller logs it)."""
+    def write_stats(self, row: dict, synchronous: bool = False) -> None:
+        """One appliance_stats row, committed on its own; raises psycopg2.Error (the caller logs it).
+
+        A synchronous one also puts every earlier asynchronous commit on disk.
+        """
         if self.conn is None:
             self.connect()
         try:
             with self.conn.cursor() as cur:
+                self._begin(cur, synchronous)
                 cur.execute(APPLIANCE_STATS_INSERT, row)
             self.conn.commit()
         except psycopg2.Error:
             self._abandon()
             raise
 
-    def write_batch(self, batch: list[Incoming]) -> BatchResult:
+    def write_batch(self, batch: list[Incoming], synchronous: bool = False) -> BatchResult:
         """Store a batch in one transaction, or raise WriteFailed with nothing stored.
 
         Messages the database refuses are found by splitting the batch under
         savepoints, in the same transaction: each becomes a `database_refused`
-        reject and the rest is committed once.
+        reject and the rest is committed once. A synchronous commit returns once
+        it, and every commit before it, is on disk; otherwise the result says
+        where the commit is in the WAL.
         """
         try:
             if self.conn is None:
@@ -341,6 +396,7 @@ class Store:
         now = time.monotonic()
         try:
             with self.conn.cursor() as cur:
+                self._begin(cur, synchronous)
                 outcome = self._write(cur, batch, now)
             self.conn.commit()
         except Exception as exc:  # noqa: BLE001 - sorted by failure_kind
@@ -348,7 +404,7 @@ class Store:
             kind = failure_kind(exc)
             if kind != REFUSED:
                 raise WriteFailed(kind, exc) from exc
-            outcome = self._write_isolating(batch, now)
+            outcome = self._write_isolating(batch, now, synchronous)
         result, bookkeeping = outcome
         self._remember(bookkeeping, now)
         accepted = len(batch) - result.rejected - result.dropped
@@ -390,7 +446,7 @@ class Store:
             result.readings = cur.fetchone()[0]
         return result, bookkeeping
 
-    def _write_isolating(self, batch: list[Incoming], now: float) -> tuple[BatchResult, list]:
+    def _write_isolating(self, batch: list[Incoming], now: float, synchronous: bool) -> tuple[BatchResult, list]:
         """Split the parsed messages under savepoints until each refused one stands alone.
 
         Messages of a part that fails are halved and tried again; a part that
@@ -399,6 +455,7 @@ class Store:
         result, bookkeeping = BatchResult(), []
         try:
             with self.conn.cursor() as cur:
+                self._begin(cur, synchronous)
                 # One part per kind first, so that only the failing kind's good messages are tried again.
                 parsed = [m for m in batch if m.parsed is not None]
                 pending = [[m for m in parsed if isinstance(m.parsed, kind)] for kind in (Status, Heartbeat, Reading)]
