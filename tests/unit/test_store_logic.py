@@ -170,3 +170,18 @@ def test_the_inbox_wakes_the_main_loop_once_enough_messages_wait():
         inbox.wake()
         thread.join(5)
     assert len(inbox.take_all()) == 3
+
+
+def test_the_main_loop_sleeps_until_a_forming_batch_is_due_or_full():
+    from datayoti_ingestor.config import Config
+
+    ingestor = service.Ingestor(Config(), notify=lambda state: None)
+    assert ingestor.next_wake(now=100.0, retry_at=0.0) == (1.0, 1)  # idle: the first message wakes it
+    ingestor.pending = [Incoming(mid=1, dup=False, received_at=datetime.now(UTC), topic="t", payload=b"")]
+    wait, wake_at = ingestor.next_wake(now=100.0, retry_at=0.0)
+    assert 0.0 <= wait <= 0.020 and wake_at == ingestor.config.batch.max_rows - 1
+    ingestor.unflushed.append(service.Unflushed(None, 99.0, []))
+    ingestor.flush_check_at = 100.005
+    assert ingestor.next_wake(now=100.0, retry_at=0.0)[0] <= 0.005  # time to ask how far the WAL is flushed
+    # The database is failing: new messages wait for the retry, whatever their number.
+    assert ingestor.next_wake(now=100.0, retry_at=100.5) == (0.5, ingestor.config.batch.max_rows)
