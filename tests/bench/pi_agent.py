@@ -5,6 +5,9 @@ The controller (tests/bench/bench.py) copies this file to the Pi and runs it
 there with the Pi's own python3 (Debian's paho-mqtt and psycopg2), as root:
 
   consume --kind plain|naive|ours   measure one consumer of a live stream
+  fleet --kind idle|naive|ours      one phase of the reference fleet: the whole Pi's writes per writer
+                                    and CPU per component (every thread, about once a second), and
+                                    publish-to-visible latency
   naive-ingestor                    the original stack's way: a row per message, autocommit
   copy --count N                    limit B: COPY N stream-like rows straight into sensor_data
   dataset --days D                  50 sensors x D days at one reading a minute, by COPY
@@ -15,8 +18,8 @@ there with the Pi's own python3 (Debian's paho-mqtt and psycopg2), as root:
                                     grafana_reader; with --setup (run as postgres) inside one
                                     transaction that first runs the given setup SQL, then rolls back
 
-`consume` prints READY once its consumer listens, then reads one JSON line on
-stdin: the last timestamp each device published. Every command ends by printing
+`consume` and `fleet` print READY once their consumer listens, then read one JSON
+line on stdin: the last timestamp each device published. Every command ends by printing
 one JSON object on its last line of stdout.
 """
 
@@ -42,6 +45,7 @@ POLL_EVERY_S = 0.02
 SAMPLE_EVERY_S = 0.25
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 DATA_TOPIC = "datayoti/sensor/+/data"
+HEARTBEAT_TOPIC = "datayoti/sensor/+/heartbeat"
 PLAIN_OUT = "/run/datayoti-bench/plain.out"
 
 
@@ -121,6 +125,178 @@ def reading_row(device: str, site: str, at: datetime, minute_index: int, device_
 
 def site_of(device_index: int, sites: int) -> str:
     return f"SITE_{device_index % sites + 1:03d}"
+
+
+# ------------------------------------------------------------------ whole-Pi accounting: pure helpers
+#
+# Writes and CPU are read per THREAD (/proc/<pid>/task/<tid>/io and .../stat): unlike /proc/<pid>/io,
+# a thread's counters never include the children its process reaped (sshd once "wrote" 650 MB when
+# a child was reaped). Each thread is keyed by (tid, starttime), so a reused tid is a new thread, and
+# counted once: last seen minus first seen, or minus 0 for a thread born after the first sample.
+
+# The writers of the report, in its order; "rest" is every other unit of the Pi.
+WRITERS = ("PostgreSQL WAL", "PostgreSQL data", "Mosquitto", "journald", "Grafana", "ingestor", "naive consumer",
+           "rest")
+UNIT_WRITERS = {"mosquitto.service": "Mosquitto", "systemd-journald.service": "journald",
+                "grafana-server.service": "Grafana", "datayoti-ingestor.service": "ingestor"}
+BENCH = ("bench", "bench poller")  # the benchmark's own: reported, never in the whole Pi
+PG_BACKGROUND = ("checkpointer", "background writer", "walwriter", "autovacuum launcher", "autovacuum worker",
+                 "logical replication launcher", "walsummarizer", "archiver", "io worker", "startup")
+COUNTERS = ("write_bytes", "cancelled_write_bytes", "cpu_ticks")
+
+
+def unit_of(cgroup_text: str) -> str:
+    """The systemd unit of a process, from /proc/<pid>/cgroup ("0::" or "name=systemd" line), or "-"."""
+    path = ""
+    for line in cgroup_text.splitlines():
+        number, _, rest = line.partition(":")
+        controllers, _, where = rest.partition(":")
+        if controllers == "name=systemd" or (number == "0" and controllers == ""):
+            path = where
+            if controllers == "name=systemd":
+                break
+    units = [part for part in path.split("/") if part.endswith((".service", ".scope"))]
+    return units[-1] if units else "-"
+
+
+def pg_backend(cmdline: str) -> str:
+    """What a PostgreSQL process is, from its process title ("postgres: 17/main: checkpointer ").
+
+    A client backend is "client <user>"; the postmaster keeps its real command line.
+    """
+    title = cmdline.replace("\0", " ").strip()
+    if not title.startswith("postgres: "):
+        return "postmaster"
+    title = title[len("postgres: "):]
+    head, sep, tail = title.partition(": ")
+    if sep and "/" in head:  # the cluster_name prefix Debian sets ("17/main")
+        title = tail
+    for name in PG_BACKGROUND:
+        if title.startswith(name):
+            return name
+    if title.startswith(("TimescaleDB", "bgworker")):
+        return "timescaledb worker"
+    user = title.split(" ", 1)[0]
+    return f"client {user}" if user else "other"
+
+
+def writer_of(owner: dict, naive_pid: int | None = None, poller_pid: int | None = None) -> str:
+    """Whose a process is: "PostgreSQL", a WRITERS name, "rest", or one of BENCH.
+
+    `owner`: {"pid", "comm", "unit", "bench"} (bench: a descendant of the benchmark's agent).
+    """
+    pid = owner["pid"]
+    if poller_pid and pid == poller_pid:
+        return "bench poller"
+    if naive_pid and pid == naive_pid:
+        return "naive consumer"
+    if owner.get("bench"):
+        return "bench"
+    if owner["comm"] == "postgres" or owner["unit"].startswith("postgresql"):
+        return "PostgreSQL"
+    return UNIT_WRITERS.get(owner["unit"], "rest")
+
+
+class ThreadLedger:
+    """Per-thread counters over a phase: each thread counted once, from its first sample (0 if born later)."""
+
+    def __init__(self):
+        self.base: dict = {}
+        self.last: dict = {}
+        self.owner: dict = {}
+        self.samples = 0
+
+    def add(self, snapshot: dict) -> None:
+        """One sample: {(tid, starttime): (owner, (write_bytes, cancelled_write_bytes, cpu_ticks))}."""
+        for key, (owner, counters) in snapshot.items():
+            if key not in self.base:
+                self.base[key] = counters if self.samples == 0 else (0,) * len(counters)
+            self.last[key] = counters
+            self.owner[key] = owner
+        self.samples += 1
+
+    def deltas(self) -> dict:
+        """{key: (owner, (written, cancelled, cpu_ticks))} over the phase; a counter never goes back."""
+        return {key: (self.owner[key], tuple(max(0, now - then) for now, then in zip(last, self.base[key],
+                                                                                   strict=True)))
+                for key, last in self.last.items()}
+
+
+def written(counters: tuple) -> int:
+    """Bytes a thread sent to the block layer: write_bytes less what it cancelled (truncated before writeback)."""
+    return counters[0] - counters[1]
+
+
+def group_totals(deltas: dict, group) -> dict:
+    """{group(owner): {"bytes", "cpu_ticks"}}; bytes summed per group, never below 0."""
+    totals: dict = {}
+    for owner, counters in deltas.values():
+        entry = totals.setdefault(group(owner), {"bytes": 0, "cpu_ticks": 0})
+        entry["bytes"] += written(counters)
+        entry["cpu_ticks"] += counters[2]
+    for entry in totals.values():
+        entry["bytes"] = max(0, entry["bytes"])
+    return totals
+
+
+def split_postgres(pg_bytes: int, pg_io_data_bytes: int) -> tuple[int, int]:
+    """(WAL, data) of PostgreSQL's block-layer bytes: data from pg_stat_io (relations' writes and extends),
+    at most the total; WAL is the rest (WAL, plus the little PostgreSQL writes besides relations)."""
+    data = max(0, min(pg_bytes, pg_io_data_bytes))
+    return pg_bytes - data, data
+
+
+def per_day(nbytes: float, seconds: float) -> float | None:
+    """Bytes a day at the phase's rate."""
+    return nbytes / seconds * 86400 if seconds > 0 else None
+
+
+def mb_per_day(nbytes: float, seconds: float) -> float | None:
+    """MB (10^6 bytes) a day at the phase's rate."""
+    daily = per_day(nbytes, seconds)
+    return daily / 1e6 if daily is not None else None
+
+
+def writes_breakdown(deltas: dict, seconds: float, pg_io_data_bytes: int, naive_pid: int | None = None,
+                     poller_pid: int | None = None, top: int = 5) -> dict:
+    """Bytes and MB/day per writer (WRITERS), for the whole Pi, the rest's top units, PostgreSQL's backends
+    and the benchmark's own processes (left out of the whole Pi)."""
+    def writer(owner):
+        return writer_of(owner, naive_pid, poller_pid)
+
+    by_writer = group_totals(deltas, writer)
+    pg_total = by_writer.get("PostgreSQL", {}).get("bytes", 0)
+    wal, data = split_postgres(pg_total, pg_io_data_bytes)
+    nbytes = {name: by_writer.get(name, {}).get("bytes", 0) for name in WRITERS}
+    nbytes.update({"PostgreSQL WAL": wal, "PostgreSQL data": data})
+    whole = sum(nbytes.values())
+    rest = {k: v for k, v in deltas.items() if writer(v[0]) == "rest"}
+    rest_units = sorted(group_totals(rest, lambda o: o["unit"]).items(), key=lambda kv: -kv[1]["bytes"])
+    pg = {k: v for k, v in deltas.items() if writer(v[0]) == "PostgreSQL"}
+    backends = sorted(group_totals(pg, lambda o: pg_backend(o.get("cmdline", ""))).items(),
+                      key=lambda kv: -kv[1]["bytes"])
+    return {"bytes": nbytes, "mb_per_day": {k: mb_per_day(v, seconds) for k, v in nbytes.items()},
+            "whole_pi_bytes": whole, "whole_pi_mb_per_day": mb_per_day(whole, seconds),
+            "pg_block_bytes": pg_total, "pg_io_data_bytes": pg_io_data_bytes,
+            "rest_top": [{"unit": u, "bytes": t["bytes"], "mb_per_day": mb_per_day(t["bytes"], seconds)}
+                         for u, t in rest_units[:top]],
+            "pg_backends": [{"backend": b, "bytes": t["bytes"], "mb_per_day": mb_per_day(t["bytes"], seconds)}
+                            for b, t in backends if t["bytes"]],
+            "excluded_bytes": {name: by_writer.get(name, {}).get("bytes", 0) for name in BENCH}}
+
+
+def cpu_breakdown(deltas: dict, naive_pid: int | None = None, poller_pid: int | None = None) -> dict:
+    """CPU seconds per component: the consumer (ingestor or naive), PostgreSQL (the poller's backend left
+    out), Mosquitto, the bench poller's backend, and the rest of the Pi."""
+    by_writer = group_totals(deltas, lambda o: writer_of(o, naive_pid, poller_pid))
+
+    def seconds(*names):
+        return sum(by_writer.get(n, {}).get("cpu_ticks", 0) for n in names) / CLK_TCK
+
+    return {"ingestor": seconds("ingestor"), "naive consumer": seconds("naive consumer"),
+            "PostgreSQL": seconds("PostgreSQL"), "Mosquitto": seconds("Mosquitto"),
+            "bench poller": seconds("bench poller"),
+            "rest": seconds("journald", "Grafana", "rest")}
 
 
 # ------------------------------------------------------------------ the Pi
@@ -280,6 +456,114 @@ def wait_ingestor_idle(quiet_s: float = 1.5, limit_s: float = 600) -> None:
     raise RuntimeError("the ingestor did not drain its queue")
 
 
+# ------------------------------------------------------------------ whole-Pi accounting: sampling /proc
+
+THREAD_SAMPLE_EVERY_S = 1.0
+FLEET_POLL_EVERY_S = 0.1  # the visibility poller at the reference fleet: small load, 0.1 s resolution
+
+
+def read_text(path: str) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().decode(errors="replace")
+    except OSError:
+        return None
+
+
+def io_counters(text: str) -> tuple[int, int]:
+    """(write_bytes, cancelled_write_bytes) of a /proc/.../io file."""
+    fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+    return int(fields.get("write_bytes", 0)), int(fields.get("cancelled_write_bytes", 0))
+
+
+def stat_fields(text: str) -> list[str]:
+    """/proc/.../stat after the command name: [state, ppid, ...]; field n of proc(5) is [n - 3]."""
+    return text.rsplit(")", 1)[1].split()
+
+
+def thread_snapshot(exclude: int, comms: set[str] | None = None) -> dict:
+    """Every thread of every process in this pid namespace but `exclude` (the agent):
+    {(tid, starttime): (owner, (write_bytes, cancelled_write_bytes, utime + stime ticks))}.
+
+    `owner` is {"pid", "comm", "unit", "cmdline", "bench"}; bench: a descendant of `exclude`.
+    `comms`: only processes of these names (cheaper, when only PostgreSQL and Mosquitto matter).
+    """
+    procs = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == exclude:
+            continue
+        comm = (read_text(f"/proc/{entry}/comm") or "").strip()
+        if comms is not None and comm not in comms:
+            continue
+        stat = read_text(f"/proc/{entry}/stat")
+        if stat is None:
+            continue
+        procs[int(entry)] = (comm, int(stat_fields(stat)[1]))
+    parents = {pid: ppid for pid, (_, ppid) in procs.items()}
+    snapshot = {}
+    for pid, (comm, _) in procs.items():
+        owner = {"pid": pid, "comm": comm, "unit": unit_of(read_text(f"/proc/{pid}/cgroup") or ""),
+                 "cmdline": (read_text(f"/proc/{pid}/cmdline") or "") if comm == "postgres" else "",
+                 "bench": descends_from(pid, exclude, parents)}
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            stat, io_text = read_text(f"/proc/{pid}/task/{tid}/stat"), read_text(f"/proc/{pid}/task/{tid}/io")
+            if stat is None or io_text is None:
+                continue  # gone between the listing and the read: its last sample stands
+            fields = stat_fields(stat)
+            snapshot[(int(tid), int(fields[19]))] = (owner, (*io_counters(io_text), int(fields[11]) + int(fields[12])))
+    return snapshot
+
+
+def descends_from(pid: int, ancestor: int, parents: dict[int, int]) -> bool:
+    seen = set()
+    while pid in parents and pid not in seen:
+        seen.add(pid)
+        pid = parents[pid]
+        if pid == ancestor:
+            return True
+    return False
+
+
+class ThreadSampler(threading.Thread):
+    """Samples every thread of the Pi about once a second into a ThreadLedger, until stopped."""
+
+    def __init__(self, comms: set[str] | None = None, every_s: float = THREAD_SAMPLE_EVERY_S):
+        super().__init__(daemon=True)
+        self.comms, self.every_s = comms, every_s
+        self.ledger = ThreadLedger()
+        self.done = threading.Event()
+        self.lock = threading.Lock()
+        self.started_at = self.stopped_at = None
+        self.sample()  # the first sample, before the phase starts
+
+    def sample(self) -> None:
+        snapshot = thread_snapshot(os.getpid(), self.comms)
+        with self.lock:
+            self.ledger.add(snapshot)
+            now = time.monotonic()
+            self.started_at = self.started_at or now
+            self.stopped_at = now
+
+    def run(self) -> None:
+        while not self.done.wait(self.every_s):
+            self.sample()
+
+    def stop(self) -> dict:
+        """The last sample, and the deltas of the whole window."""
+        self.done.set()
+        self.join()
+        self.sample()
+        return self.ledger.deltas()
+
+    @property
+    def seconds(self) -> float:
+        return self.stopped_at - self.started_at
+
+
 # ------------------------------------------------------------------ consumers
 
 def watermark_poller(devices: list[str], since: float):
@@ -331,6 +615,9 @@ def start_consumer(args: argparse.Namespace) -> tuple[int, subprocess.Popen | No
     if args.kind == "naive":
         child = subprocess.Popen([sys.executable, __file__, "naive-ingestor"], stdout=subprocess.DEVNULL)
         return child.pid, child
+    # Limit A: a consumer without a database that receives what ours receives at QoS 1. It subscribes at
+    # QoS 1, and the broker's upgrade_outgoing_qos delivers even the firmware's QoS 0 at QoS 1, so it
+    # acknowledges every message, as ours does (at QoS 0, unacknowledged, it would be less work).
     with open(PLAIN_OUT, "w") as out:  # the child keeps its own descriptor
         child = subprocess.Popen(
             ["mosquitto_sub", "-h", "localhost", "-p", "1883", "-u", "datayoti_ingestor",
@@ -356,6 +643,7 @@ def polled_result(pid: int, args: argparse.Namespace) -> tuple[dict, list[tuple[
     """Poll the database until every device's last reading is committed: (publish, commit) per row."""
     cpu_before = proc_cpu_s(pid)
     poll, rows, conn = watermark_poller(args.devices.split(","), args.since)
+    poller_pid = conn.get_backend_pid()
     timeline: list[tuple[float, dict[str, float]]] = []
     published: dict = {}
     reader = threading.Thread(target=lambda: published.update(read_published(args.timeout)), daemon=True)
@@ -372,7 +660,7 @@ def polled_result(pid: int, args: argparse.Namespace) -> tuple[dict, list[tuple[
     finally:
         conn.close()
     report = {"cpu_s": proc_cpu_s(pid) - cpu_before, "rss_peak_kb": proc_status_kb(pid, "VmHWM"),
-              "stored": len(stored), "expected": published.get("count")}
+              "stored": len(stored), "expected": published.get("count"), "poller_pid": poller_pid}
     return report, commit_times(stored, timeline)
 
 
@@ -387,6 +675,8 @@ def consume(args: argparse.Namespace) -> dict:
     time.sleep(1.0)  # the consumer subscribes
     sampler = MemorySampler(pid)
     sampler.start()
+    threads = ThreadSampler(comms={"postgres", "mosquitto"})  # their CPU, per thread
+    threads.start()
     print("READY", flush=True)
     try:
         if args.kind == "plain":
@@ -396,9 +686,12 @@ def consume(args: argparse.Namespace) -> dict:
     finally:
         sampler.done.set()
         sampler.join()
+        deltas = threads.stop()
         if args.kind == "naive":
             child.send_signal(signal.SIGTERM)
             child.wait(30)
+    cpu = cpu_breakdown(deltas, poller_pid=report.pop("poller_pid", None))
+    report["cpu_components_s"] = {k: cpu[k] for k in ("PostgreSQL", "Mosquitto", "bench poller")}
     report["kind"] = args.kind
     report["msg_per_s"] = rate(report["stored"], min((p for p, _ in pairs), default=None),
                                max((c for _, c in pairs), default=None))
@@ -413,7 +706,8 @@ def consume(args: argparse.Namespace) -> dict:
 
 
 def naive_ingestor(_: argparse.Namespace) -> dict:
-    """The original stack's ingestor: on_message -> INSERT, autocommit, one row at a time."""
+    """The original stack's ingestor: on_message -> INSERT, autocommit, one row per message
+    (readings into sensor_data, heartbeats into device_heartbeats; status messages are not stored)."""
     import paho.mqtt.client as mqtt
 
     conn = connect("mqtt_ingestor")
@@ -422,14 +716,20 @@ def naive_ingestor(_: argparse.Namespace) -> dict:
     stop = threading.Event()
 
     def on_connect(client, userdata, flags, reason_code, properties):
-        client.subscribe(DATA_TOPIC, qos=1)
+        client.subscribe([(DATA_TOPIC, 1), (HEARTBEAT_TOPIC, 1)])
 
     def on_message(client, userdata, message):
         try:
-            reading = json.loads(message.payload)
-            cur.execute("INSERT INTO sensor_data (time, device_id, temperature, humidity) VALUES (%s, %s, %s, %s) "
-                        "ON CONFLICT DO NOTHING",
-                        (reading["timestamp"], reading["device_id"], reading["temperature"], reading["humidity"]))
+            m = json.loads(message.payload)
+            if message.topic.endswith("/heartbeat"):
+                cur.execute("INSERT INTO device_heartbeats (time, device_id, site_id, rssi, free_heap, uptime, "
+                            "min_heap, ntp_sync) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                            (m["timestamp"], m["device_id"], m.get("site_id"), m.get("rssi"), m.get("free_heap"),
+                             m.get("uptime"), m.get("min_heap"), m.get("ntp_sync")))
+            else:
+                cur.execute("INSERT INTO sensor_data (time, device_id, temperature, humidity) "
+                            "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                            (m["timestamp"], m["device_id"], m["temperature"], m["humidity"]))
         except (ValueError, KeyError) as exc:
             print(f"naive: skipped a message: {exc}", file=sys.stderr)
 
@@ -445,6 +745,95 @@ def naive_ingestor(_: argparse.Namespace) -> dict:
     client.loop_stop()
     conn.close()
     return {"stopped": True}
+
+
+# ------------------------------------------------------------------ the reference fleet
+
+def pg_io_data_bytes() -> int:
+    """Relation pages PostgreSQL has written or extended so far (pg_stat_io, object 'relation')."""
+    return int(float(as_postgres_sql(
+        "SELECT coalesce(sum((coalesce(writes, 0) + coalesce(extends, 0)) * op_bytes), 0) FROM pg_stat_io "
+        "WHERE object = 'relation';")))
+
+
+def checkpoint(settle_s: float) -> int:
+    """CHECKPOINT, let the backends flush their statistics, then pg_io_data_bytes()."""
+    as_postgres_sql("CHECKPOINT;")
+    time.sleep(settle_s)
+    return pg_io_data_bytes()
+
+
+def stored_since(since: float, devices: list[str]) -> dict:
+    start = datetime.fromtimestamp(since, tz=UTC).isoformat()
+    macs = ",".join(f"'{d}'" for d in devices)
+    counts = as_postgres_sql(
+        f"SELECT (SELECT count(*) FROM sensor_data WHERE time >= '{start}' AND device_id IN ({macs})), "
+        f"(SELECT count(*) FROM device_heartbeats WHERE time >= '{start}' AND device_id IN ({macs}));")
+    readings, heartbeats = (int(v) for v in counts.split("|"))
+    return {"readings": readings, "heartbeats": heartbeats}
+
+
+def fleet(args: argparse.Namespace) -> dict:
+    """One phase of the reference fleet (idle, naive or ours): the whole Pi's writes per writer, CPU per
+    component and, with publishers, publish-to-visible latency.
+
+    The window opens after a CHECKPOINT (the previous step's dirty pages are not this phase's) and closes
+    after another one, inside it (this phase's dirty pages are). The controller publishes meanwhile, then
+    sends the end-of-stream line; a phase without publishers gets one too.
+    """
+    devices = args.devices.split(",")
+    child = None
+    if args.kind == "naive":
+        systemctl("stop", SERVICE)
+        child = subprocess.Popen([sys.executable, __file__, "naive-ingestor"], stdout=subprocess.DEVNULL)
+        time.sleep(1.0)  # it subscribes
+    else:
+        wait_ingestor_idle()
+    data_before = checkpoint(args.settle)
+    poller = watermark_poller(devices, args.since) if args.kind != "idle" else None
+    poller_pid = poller[2].get_backend_pid() if poller else None
+    threads = ThreadSampler()
+    threads.start()
+    print("READY", flush=True)
+    published: dict = {}
+    reader = threading.Thread(target=lambda: published.update(read_published(args.timeout)), daemon=True)
+    reader.start()
+    timeline: list[tuple[float, dict[str, float]]] = []
+    visible = False
+    try:
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            if poller:
+                marks = poller[0]()
+                if not timeline or marks != timeline[-1][1]:
+                    timeline.append((time.time(), marks))
+                visible = bool(published) and all(marks.get(d, 0) >= t for d, t in published["last"].items())
+            else:
+                visible = bool(published)
+            if visible:
+                break
+            time.sleep(FLEET_POLL_EVERY_S)
+        data_after = checkpoint(args.settle)
+        deltas = threads.stop()
+        rows = poller[1]() if poller else []
+    finally:
+        if poller:
+            poller[2].close()
+        if child:
+            child.send_signal(signal.SIGTERM)
+            child.wait(30)
+    seconds = threads.seconds
+    pairs = commit_times(rows, timeline)
+    sent = published.get("published", {})
+    return {"kind": args.kind, "seconds": seconds, "all_visible": visible, "published": sent,
+            "messages": sum(sent.values()), "stored": stored_since(args.since, devices),
+            "writes": writes_breakdown(deltas, seconds, data_after - data_before, child.pid if child else None,
+                                       poller_pid),
+            "cpu_s": cpu_breakdown(deltas, child.pid if child else None, poller_pid),
+            "latency": latency_summary([seen - sent_at for sent_at, seen in pairs]),
+            "poll_every_s": FLEET_POLL_EVERY_S, "sample_every_s": THREAD_SAMPLE_EVERY_S,
+            "threads": {"seen": len(deltas), "samples": threads.ledger.samples},
+            "agent_cpu_s": sum(os.times()[:2])}
 
 
 # ------------------------------------------------------------------ COPY and the dashboards' data set
@@ -863,6 +1252,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     c.add_argument("--devices", required=True)
     c.add_argument("--timeout", type=float, default=300)
     c.add_argument("--settle", type=float, default=11)
+    f = sub.add_parser("fleet")
+    f.add_argument("--kind", choices=("idle", "naive", "ours"), required=True)
+    f.add_argument("--since", type=float, required=True, help="epoch seconds the phase starts at")
+    f.add_argument("--devices", required=True)
+    f.add_argument("--timeout", type=float, default=1200, help="seconds to wait for the end of the phase")
+    f.add_argument("--settle", type=float, default=11)
     sub.add_parser("naive-ingestor")
     p = sub.add_parser("copy")
     p.add_argument("--count", type=int, required=True)
@@ -889,7 +1284,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-COMMANDS = {"consume": consume, "naive-ingestor": naive_ingestor, "copy": copy_load, "dataset": dataset,
+COMMANDS = {"consume": consume, "fleet": fleet, "naive-ingestor": naive_ingestor, "copy": copy_load, "dataset": dataset,
             "queries": queries, "isolation": isolation, "grafana": grafana}
 
 

@@ -1,8 +1,9 @@
-"""Issue 4: the benchmark runs end to end (smoke size) and writes a complete report."""
+"""Issues 4 and 12: the benchmark runs end to end (smoke size) and writes a complete report."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -11,6 +12,9 @@ from conftest import REPO, require_root
 
 BENCH = REPO / "tests" / "bench" / "bench.py"
 KINDS = {"plain", "naive", "ours"}
+WRITERS = {"PostgreSQL WAL", "PostgreSQL data", "Mosquitto", "journald", "Grafana", "ingestor", "naive consumer",
+           "rest"}
+TARGETS = 26  # 9 per QoS, 3 of the reference fleet, 5 dashboard queries; then one per Grafana query
 
 
 def test_bench_smoke_writes_a_complete_report(tmp_path):
@@ -30,6 +34,11 @@ def test_bench_smoke_writes_a_complete_report(tmp_path):
         assert r["cpu_s"] is not None and r["rss_peak_kb"] and r["stack_pss_peak_kb"], r
         if r["kind"] != "plain":
             assert r["pg"]["wal_bytes"] > 0 and r["bytes_per_reading"]["total"] > 0, r
+    for r in runs:
+        if r["kind"] != "plain":
+            assert r["cpu_components_s"]["PostgreSQL"] > 0, r
+        assert r["cpu_components_s"]["Mosquitto"] is not None, r
+    check_fleet(report["fleet"], table)
     assert report["copy"]["msg_per_s"] > 0
     assert report["dataset"]["rows"] == 50 * 1440
     assert [q["query"] for q in report["queries"]["queries"]] == [
@@ -56,8 +65,32 @@ def test_bench_smoke_writes_a_complete_report(tmp_path):
     every = {q.name for d in dashboards for q in d.queries} | {r.name for r in rules}
     assert {q["query"] for q in grafana} == every  # every panel, variable and alert query is timed
     assert {q["range"] for q in grafana if "/ panel " in q["query"]} >= {"now-1y"}
-    assert len(report["summary"]["targets"]) == 17 + len(grafana)
-    target_lines = [line for line in table.splitlines() if line.lstrip().startswith(("MET", "MISSED"))]
-    assert len(target_lines) == 17 + len(grafana), table
+    assert len(report["summary"]["targets"]) == TARGETS + len(grafana)
+    target_lines = [line for line in table.splitlines() if line.lstrip().startswith(("MET", "MISSED", "REPORTED"))]
+    assert len(target_lines) == TARGETS + len(grafana), table
     assert sum("grafana " in line and "<= 50 ms" in line for line in target_lines) == len(grafana), table
     assert table.rstrip().splitlines()[-1].lstrip().startswith("1 year daily, one site: rollup / raw"), table
+
+
+def check_fleet(fleet: dict, table: str) -> None:
+    """The reference fleet's phases, each with every writer, the whole Pi's writes, CPU and, with publishers,
+    latency; and its table."""
+    phases = {p["kind"]: p for p in fleet["phases"]}
+    assert list(phases) == ["idle", "naive", "ours"], fleet
+    assert fleet["card"]["source"].startswith("https://") and fleet["card"]["rating_bytes"] > 0
+    for kind, p in phases.items():
+        writes = p["writes"]
+        assert set(writes["bytes"]) == WRITERS and set(writes["mb_per_day"]) == WRITERS, writes
+        assert writes["whole_pi_mb_per_day"] > 0 and p["card_lifetime_years"] > 0, (kind, writes)
+        assert p["seconds"] > 10 and p["threads"]["seen"] > 0, p
+        assert {"ingestor", "naive consumer", "PostgreSQL", "Mosquitto", "bench poller"} <= set(p["cpu_s"]), p
+        if kind == "idle":
+            continue
+        assert p["cpu_s"]["PostgreSQL"] > 0, (kind, p["cpu_s"])
+        assert p["all_visible"] and p["messages"] > 0 and p["stored"]["readings"] > 0, p
+        assert p["stored"]["readings"] == p["published"]["data"], p  # nothing lost
+        assert all(p["cpu_s_per_1k"][c] is not None for c in ("consumer", "PostgreSQL", "Mosquitto")), p
+        assert p["latency"]["p50_ms"] is not None and p["latency"]["p99_ms"] is not None, p
+    assert "reference fleet: 50 sensors" in table, table
+    rows = [line for line in table.splitlines() if re.match(r"(idle|naive|ours) +\d", line)]
+    assert len(rows) == 6, table  # per phase, a row of writes and a row of CPU and latency
