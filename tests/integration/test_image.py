@@ -397,7 +397,8 @@ def stream_until_cut(vm: VM, creds: dict, seconds: float, per_s: float) -> tuple
             time.sleep(max(0.0, began + n / per_s - time.time()))
             at = time.time()
             stamp = simulate.firmware_timestamp(at, ms=True)
-            payload = simulate.data_payload(mac, stamp, round(15 + n % 200 / 10, 1), 45.0)
+            # 30.0 to 39.9: never a value the other tests look for.
+            payload = simulate.data_payload(mac, stamp, round(30 + n % 100 / 10, 1), 45.0)
             sensor.client.publish(f"datayoti/sensor/{mac}/data", json.dumps(payload), qos=0)
             sent.append((at, stamp))
         time.sleep(0.05)  # the last one leaves the socket
