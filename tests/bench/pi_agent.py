@@ -30,6 +30,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -319,12 +320,14 @@ def connect(role: str):
 
 
 def as_postgres(command: list[str]) -> list[str]:
-    """`command` run as the postgres user, who gets in by peer authentication."""
+    """`command` run as the postgres user, who gets in by peer authentication. setpriv, not runuser:
+    runuser opens a PAM session, whose three journal lines per call would count as journald's writes
+    inside a fleet phase."""
     import pwd
 
     if pwd.getpwuid(os.geteuid()).pw_name == "postgres":
         return command
-    return ["runuser", "-u", "postgres", "--", *command]
+    return ["setpriv", "--reuid", "postgres", "--regid", "postgres", "--init-groups", *command]
 
 
 def as_postgres_sql(query: str) -> str:
@@ -763,6 +766,101 @@ def checkpoint(settle_s: float) -> int:
     return pg_io_data_bytes()
 
 
+PG_BIN = "/usr/lib/postgresql/17/bin"
+PG_WAL_DIR = "/var/lib/postgresql/17/main/pg_wal"
+# The totals line of `pg_waldump --stats`: count, record bytes [share], FPI bytes [share], combined [share]
+WALDUMP_TOTAL = re.compile(r"^Total\s+(\d+)\s+(\d+)\s+\[[^]]*\]\s+(\d+)\s+\[[^]]*\]\s+(\d+)")
+
+
+def wal_position() -> str:
+    """PostgreSQL's WAL write position (pg_current_wal_lsn(), "0/1A2B3C8")."""
+    return as_postgres_sql("SELECT pg_current_wal_lsn();")
+
+
+def checkpoint_timeout_s() -> int:
+    """checkpoint_timeout in seconds (SHOW checkpoint_timeout, e.g. "1h")."""
+    return int(as_postgres_sql("SELECT setting FROM pg_settings WHERE name = 'checkpoint_timeout';"))
+
+
+def parse_waldump_stats(text: str) -> dict | None:
+    """{"records", "record_bytes", "fpi_bytes", "combined_bytes"} from the Total line of
+    `pg_waldump --stats=record`, or None without one."""
+    for line in text.splitlines():
+        match = WALDUMP_TOTAL.match(line.strip())
+        if match:
+            records, record_bytes, fpi_bytes, combined = (int(v) for v in match.groups())
+            return {"records": records, "record_bytes": record_bytes, "fpi_bytes": fpi_bytes,
+                    "combined_bytes": combined}
+    return None
+
+
+def wal_stats(start: str, end: str) -> dict:
+    """WAL generated between two positions, by pg_waldump (as postgres): records, record and FPI bytes.
+    pg_waldump prints its statistics before it reports an unreadable tail, so those still count; the
+    error is kept. Without statistics, zeros and the error: the FPIs then count as continuous WAL."""
+    empty = {"records": 0, "record_bytes": 0, "fpi_bytes": 0, "combined_bytes": 0}
+    if start == end:
+        return {**empty, "error": None}
+    result = subprocess.run(as_postgres([f"{PG_BIN}/pg_waldump", "--stats=record", "-p", PG_WAL_DIR,
+                                         "--start", start, "--end", end]),
+                            text=True, capture_output=True, cwd="/", check=False)
+    stats = parse_waldump_stats(result.stdout)
+    if stats is None:  # e.g. a window longer than checkpoint_timeout, whose first segments were recycled
+        return {**empty, "error": f"pg_waldump {start}..{end} printed no totals: {result.stderr.strip()[-300:]}"}
+    error = (result.stderr.strip()[-300:] or f"exit {result.returncode}") if result.returncode else None
+    return {**stats, "error": error}
+
+
+def add_wal_stats(*parts: dict) -> dict:
+    total = {k: sum(p[k] for p in parts) for k in ("records", "record_bytes", "fpi_bytes", "combined_bytes")}
+    total["errors"] = [p["error"] for p in parts if p.get("error")]
+    return total
+
+
+# Journal lines the benchmark's own `testbed exec` SSH sessions cause: sshd, logind, the session scopes
+# (and the runuser/psql the agent runs in them), the root user manager they start, and PID 1's lines
+# about those units.
+BENCH_JOURNAL_UNITS = ("ssh.service", "sshd.service", "systemd-logind.service")
+BENCH_JOURNAL_PREFIXES = ("session-", "user@", "user-runtime-dir@")
+
+
+def journal_unit(entry: dict) -> tuple[str, bool]:
+    """(unit, caused by the benchmark's SSH sessions) of one `journalctl -o json` entry."""
+    unit = entry.get("_SYSTEMD_UNIT") or ("kernel" if entry.get("_TRANSPORT") == "kernel" else "-")
+    about = entry.get("UNIT") or entry.get("USER_UNIT") or ""
+    bench = (unit in BENCH_JOURNAL_UNITS or unit.startswith(BENCH_JOURNAL_PREFIXES)
+             or (unit == "init.scope" and about.startswith(BENCH_JOURNAL_PREFIXES)))
+    return unit, bench
+
+
+def journal_lines_by_unit(lines, top: int = 5) -> dict:
+    """Journal entries (JSON lines) counted per unit: the top units, and those the benchmark caused."""
+    counts: dict = {}
+    bench = 0
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        unit, caused = journal_unit(entry)
+        if caused:
+            bench += 1
+        else:
+            counts[unit] = counts.get(unit, 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return {"top": [{"unit": u, "lines": n} for u, n in ranked[:top]], "lines": sum(counts.values()),
+            "bench_lines": bench}
+
+
+def journal_since(start: float, end: float) -> dict:
+    """journal_lines_by_unit() of the lines logged between two epoch times."""
+    result = subprocess.run(["journalctl", "--no-pager", "-q", "-o", "json", "--since", f"@{math.floor(start)}",
+                             "--until", f"@{math.ceil(end)}",
+                             "--output-fields=_SYSTEMD_UNIT,UNIT,USER_UNIT,_TRANSPORT"],
+                            text=True, capture_output=True, check=False)
+    return journal_lines_by_unit(result.stdout.splitlines())
+
+
 def stored_since(since: float, devices: list[str]) -> dict:
     start = datetime.fromtimestamp(since, tz=UTC).isoformat()
     macs = ",".join(f"'{d}'" for d in devices)
@@ -790,10 +888,13 @@ def fleet(args: argparse.Namespace) -> dict:
     else:
         wait_ingestor_idle()
     data_before = checkpoint(args.settle)
+    cycle_s = checkpoint_timeout_s()
+    lsn_start = wal_position()
     poller = watermark_poller(devices, args.since) if args.kind != "idle" else None
     poller_pid = poller[2].get_backend_pid() if poller else None
     threads = ThreadSampler()
     threads.start()
+    window_start = time.time()
     print("READY", flush=True)
     published: dict = {}
     reader = threading.Thread(target=lambda: published.update(read_published(args.timeout)), daemon=True)
@@ -813,8 +914,15 @@ def fleet(args: argparse.Namespace) -> dict:
             if visible:
                 break
             time.sleep(FLEET_POLL_EVERY_S)
+        # The closing CHECKPOINT may recycle the WAL segments before it: read them first, then the tail.
+        lsn_close = wal_position()
+        before_close = wal_stats(lsn_start, lsn_close)
         data_after = checkpoint(args.settle)
+        lsn_end = wal_position()
         deltas = threads.stop()
+        journal = journal_since(window_start, time.time())
+        wal = {"start_lsn": lsn_start, "close_lsn": lsn_close, "end_lsn": lsn_end,
+               **add_wal_stats(before_close, wal_stats(lsn_close, lsn_end))}
         rows = poller[1]() if poller else []
     finally:
         if poller:
@@ -830,6 +938,7 @@ def fleet(args: argparse.Namespace) -> dict:
             "writes": writes_breakdown(deltas, seconds, data_after - data_before, child.pid if child else None,
                                        poller_pid),
             "cpu_s": cpu_breakdown(deltas, child.pid if child else None, poller_pid),
+            "wal": wal, "checkpoint_timeout_s": cycle_s, "journal_lines_by_unit": journal,
             "latency": latency_summary([seen - sent_at for sent_at, seen in pairs]),
             "poll_every_s": FLEET_POLL_EVERY_S, "sample_every_s": THREAD_SAMPLE_EVERY_S,
             "threads": {"seen": len(deltas), "samples": threads.ledger.samples},

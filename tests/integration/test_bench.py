@@ -14,6 +14,7 @@ BENCH = REPO / "tests" / "bench" / "bench.py"
 KINDS = {"plain", "naive", "ours"}
 WRITERS = {"PostgreSQL WAL", "PostgreSQL data", "Mosquitto", "journald", "Grafana", "ingestor", "naive consumer",
            "rest"}
+AMORTISED = WRITERS | {"PostgreSQL FPI"}  # PostgreSQL's WAL split: its full-page images apart
 TARGETS = 26  # 9 per QoS, 3 of the reference fleet, 5 dashboard queries; then one per Grafana query
 
 
@@ -80,17 +81,28 @@ def check_fleet(fleet: dict, table: str) -> None:
     assert fleet["card"]["source"].startswith("https://") and fleet["card"]["rating_bytes"] > 0
     for kind, p in phases.items():
         writes = p["writes"]
-        assert set(writes["bytes"]) == WRITERS and set(writes["mb_per_day"]) == WRITERS, writes
+        assert set(writes["bytes"]) == WRITERS and set(writes["raw_mb_per_day"]) == WRITERS, writes
+        assert set(writes["mb_per_day"]) == AMORTISED, writes
         assert writes["whole_pi_mb_per_day"] > 0 and p["card_lifetime_years"] > 0, (kind, writes)
+        # amortised per checkpoint cycle: the FPI bytes pg_waldump counted, the raw window kept
+        amortised = writes["amortised"]
+        assert p["checkpoint_timeout_s"] > 0 and amortised["cycle_s"] >= p["seconds"], (kind, amortised)
+        assert p["wal"]["records"] > 0 and p["wal"]["fpi_bytes"] >= writes["fpi_bytes"] >= 0, (kind, p["wal"])
+        assert amortised["whole_pi_mb_per_day"] == writes["whole_pi_mb_per_day"], (kind, writes)
+        assert 0 < writes["whole_pi_mb_per_day"] <= writes["raw_whole_pi_mb_per_day"], (kind, writes)
+        assert amortised["continuous_bytes"] + amortised["per_cycle_bytes"] == writes["whole_pi_bytes"], writes
+        assert "top" in p["journal_lines_by_unit"], p
         assert p["seconds"] > 10 and p["threads"]["seen"] > 0, p
         assert {"ingestor", "naive consumer", "PostgreSQL", "Mosquitto", "bench poller"} <= set(p["cpu_s"]), p
         if kind == "idle":
             continue
         assert p["cpu_s"]["PostgreSQL"] > 0, (kind, p["cpu_s"])
+        assert p["wal"]["fpi_bytes"] > 0, (kind, p["wal"])  # the first change to a page after the CHECKPOINT
         assert p["all_visible"] and p["messages"] > 0 and p["stored"]["readings"] > 0, p
         assert p["stored"]["readings"] == p["published"]["data"], p  # nothing lost
         assert all(p["cpu_s_per_1k"][c] is not None for c in ("consumer", "PostgreSQL", "Mosquitto")), p
         assert p["latency"]["p50_ms"] is not None and p["latency"]["p99_ms"] is not None, p
     assert "reference fleet: 50 sensors" in table, table
+    assert "PG FPI" in table and "MB/day amortised per checkpoint cycle" in table and "  method: " in table, table
     rows = [line for line in table.splitlines() if re.match(r"(idle|naive|ours) +\d", line)]
     assert len(rows) == 6, table  # per phase, a row of writes and a row of CPU and latency
