@@ -155,10 +155,13 @@ class Card:
 
 # ---------------------------------------------------------------- a running card
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: each socket stays bound until all are chosen, so none is handed out twice."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def qemu_command(card: Card, serial_log: Path, ssh_port: int, mqtt_port: int, memory_mb: int = 1024,
@@ -198,7 +201,7 @@ class VM:
 
     @classmethod
     def boot(cls, card: Card, serial_log: Path, memory_mb: int = 1024, cache: str = "unsafe") -> VM:
-        ssh_port, mqtt_port = free_port(), free_port()
+        ssh_port, mqtt_port = free_ports(2)
         serial_log.write_text("")
         cmd = qemu_command(card, serial_log, ssh_port, mqtt_port, memory_mb, cache)
         started = time.monotonic()
