@@ -185,3 +185,44 @@ def test_the_main_loop_sleeps_until_a_forming_batch_is_due_or_full():
     assert ingestor.next_wake(now=100.0, retry_at=0.0)[0] <= 0.005  # time to ask how far the WAL is flushed
     # The database is failing: new messages wait for the retry, whatever their number.
     assert ingestor.next_wake(now=100.0, retry_at=100.5) == (0.5, ingestor.config.batch.max_rows)
+
+
+class RecordingStore:
+    """Stands in for Store in the acknowledgement logic only: each write returns the WAL positions given."""
+
+    asynchronous = True
+    wal_writer_delay_s = 10.0
+    connects = 1
+    conn = object()
+
+    def __init__(self, positions):
+        self.positions = list(positions)
+        self.synchronous = []
+
+    def write_batch(self, batch, synchronous=False):
+        from datayoti_ingestor.store import BatchResult
+
+        self.synchronous.append(synchronous)
+        return BatchResult(readings=len(batch), wal_positions=self.positions.pop(0))
+
+
+def test_a_batch_is_acknowledged_once_a_later_batch_reads_the_wal_flushed_past_it():
+    from datayoti_ingestor.config import Config
+
+    ingestor = service.Ingestor(Config(), notify=lambda state: None)
+    acked = []
+    ingestor.client.ack = lambda mid, qos: acked.append(mid)
+    # Batch 1 reads nothing useful; batch 2 bounds batch 1 at 100, flushed 50; batch 3 reads flushed 100.
+    ingestor.store = RecordingStore([None, (100, 50), (150, 100)])
+
+    def message(mid):
+        return Incoming(mid=mid, dup=False, received_at=datetime.now(UTC), topic="t", payload=b"")
+
+    assert ingestor.flush([message(1)]) and acked == []
+    assert ingestor.flush([message(2)]) and acked == []        # batch 1 ends before 100, not flushed yet
+    assert ingestor.flush([message(3)]) and acked == [1]       # flushed to 100: batch 1 is on disk
+    assert ingestor.store.synchronous == [False, False, False]
+    assert [e.lsn for e in ingestor.unflushed] == [150, None]  # batch 2 bounded, batch 3 not yet
+    ingestor.store.positions.append(None)
+    assert ingestor.flush([message(4)], final=True) and acked == [1, 2, 3, 4]  # a synchronous commit: all
+    assert ingestor.unflushed_count == 0

@@ -2,8 +2,9 @@
 
 Commits are asynchronous (store.py): a batch's rows are visible at once, and its
 messages are acknowledged once PostgreSQL's WAL flush has passed its commit, which
-the main loop asks about once a second. A commit waits for the disk itself when too
-many messages, or too old ones, wait for that flush, and on the way out.
+the next batch's statements read, or the main loop once a second between batches.
+A commit waits for the disk itself when too many messages, or too old ones, wait
+for that flush, and on the way out.
 
 Threads: paho's network thread only appends to `Inbox`; everything else
 (parsing, writing, acknowledging, notifying systemd) happens in the main thread,
@@ -386,6 +387,11 @@ class Ingestor:
         if self.db_failure is not None:
             log.info("database is back; writing resumed")
         self.db_failure = None
+        if result.wal_positions is not None:  # read in this batch's transaction: after every earlier commit
+            inserted, flushed = result.wal_positions
+            self.acknowledge(flushed_prefix(self.unflushed, flushed))
+            bound_unflushed(self.unflushed, inserted)
+            self.flush_check_at = now + FLUSH_POLL_S
         if not self.unflushed:
             self.flush_check_at = now + FLUSH_POLL_S
             self.unflushed_connection = self.store.connects

@@ -36,8 +36,10 @@ REDELIVERY_WINDOW = f"{REDELIVERY_WINDOW_DELTA.days} days"
 
 ROLLUPS = (("rollup_semi_hourly", "30 minutes"), ("rollup_hourly", "1 hour"))
 
-# How far the WAL is written (every commit returned so far is before it), and how far it is on disk.
-WAL_POSITIONS = "SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text"
+# How far the WAL is written (every commit returned so far ends before it), and how far it is on disk:
+# read by the readings' and heartbeats' statements too, so that a batch needs no query of its own for it.
+WAL_POSITIONS_COLUMNS = "pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text"
+WAL_POSITIONS = f"SELECT {WAL_POSITIONS_COLUMNS}"
 
 
 def rollup_upsert(table: str, width: str) -> str:
@@ -92,7 +94,7 @@ seen AS (
     WHERE d.device_id = m.device_id AND m.device_id = ANY(%(touch)s::text[])
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM seen)
+SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM seen), {WAL_POSITIONS_COLUMNS}
 """
 
 INSERT_HEARTBEATS = f"""
@@ -124,7 +126,7 @@ seen AS (
     WHERE d.device_id = m.device_id AND m.device_id = ANY(%(touch)s::text[])
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM seen)
+SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM seen), {WAL_POSITIONS_COLUMNS}
 """
 
 INSERT_STATUSES = """
@@ -184,10 +186,13 @@ class BatchResult:
     isolation_attempts: int = 0
     # Rejects that could not even be stored as rejects: logged in full, then dropped.
     dropped: int = 0
+    # (inserted, flushed) WAL positions read while writing (None if no statement read them): see wal_positions().
+    wal_positions: tuple[int, int] | None = None
 
     def add(self, other: BatchResult) -> None:
         for name in ("readings", "heartbeats", "statuses"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.wal_positions = other.wal_positions or self.wal_positions
 
 
 # Why a write failed, which decides what happens to its batch.
@@ -437,13 +442,15 @@ class Store:
             params["touch"] = self.heartbeat_touch.due(params["device_id"], now)
             bookkeeping.append((self.heartbeat_touch, params["touch"]))
             cur.execute(INSERT_HEARTBEATS, params)
-            result.heartbeats = cur.fetchone()[0]
+            row = cur.fetchone()
+            result.heartbeats, result.wal_positions = row[0], (parse_lsn(row[2]), parse_lsn(row[3]))
         if readings:
             params = self._reading_params(readings)
             params["touch"] = self.data_touch.due(params["device_id"], now)
             bookkeeping.append((self.data_touch, params["touch"]))
             cur.execute(INSERT_READINGS, params)
-            result.readings = cur.fetchone()[0]
+            row = cur.fetchone()
+            result.readings, result.wal_positions = row[0], (parse_lsn(row[2]), parse_lsn(row[3]))
         return result, bookkeeping
 
     def _write_isolating(self, batch: list[Incoming], now: float, synchronous: bool) -> tuple[BatchResult, list]:
