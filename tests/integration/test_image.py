@@ -25,14 +25,12 @@ from test_datayoti import wait_for
 from test_site import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "image"))
-from qemu_card import VM, Card, Image, build_image  # noqa: E402
+from qemu_card import DATA_SERVICES, VM, Card, Image, build_image  # noqa: E402
 
 ARCH = os.environ.get("DATAYOTI_IMAGE_ARCH", "amd64")
 READY_TIMEOUT_S = 600 if ARCH == "arm64" else 420
 CUT_TIMEOUT_S = 400 if ARCH == "arm64" else 300
 GOAL_S = 90  # the power-on to every service active, first boot included (amd64, emulated)
-# datayoti-migrate is not among them: on a card, datayoti firstboot applies the migrations (checked below).
-DATA_SERVICES = ["ssh", "mosquitto", "postgresql@17-main", "datayoti-ingestor"]
 MIGRATIONS = [version for version, _ in schema.migration_files()]
 MARKER = str(firstboot.DONE_MARKER)  # the unit names it too (ConditionPathExists=)
 SENSOR = "02:D7:11:00:00:01"
