@@ -2,8 +2,7 @@
 
 Card A boots uninterrupted (acceptance 1 and 7), is rebooted (3); card B, from the same image file, has its
 power cut at several points of its first boot before it may finish (4); then A and B are compared (2).
-Before its reboot, card A loses power in the middle of a stream of readings, seconds after a sensor was added
-(issue 12: the README's power-loss guarantee).
+Last, card A loses power in the middle of a stream of readings (issue 12: the README's power-loss guarantee).
 One VM runs at a time. The boot times and systemd's account of them are printed at the end of the run.
 """
 
@@ -292,67 +291,6 @@ def test_a_sensor_added_on_the_card_publishes_and_is_stored(card_a):
     card_a.creds = creds
 
 
-# ---------------------------------------------------------------- card A, power cut mid-stream (issue 12)
-
-def stored_stamps(vm: VM, mac: str, since: str) -> set[str]:
-    """The timestamps of `mac`'s stored readings since `since`, as the firmware writes them (milliseconds)."""
-    out = sql(vm, "SELECT to_char(time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') FROM sensor_data "
-                  f"WHERE device_id = '{mac}' AND time >= '{since}'")
-    return set(out.split())
-
-
-def stream_until_cut(vm: VM, creds: dict, seconds: float, per_s: float) -> tuple[list[tuple[float, str]], float]:
-    """One sensor publishes readings at QoS 0, then the plug is pulled mid-stream: ([(sent at, stamp)], cut at)."""
-    sensor = Session("127.0.0.1", vm.mqtt_port, creds["MQTT_USER"], creds["MQTT_PASSWORD"])
-    mac, sent = creds["device_id"], []
-    try:
-        assert sensor.accepted, sensor.reason
-        began = time.time()
-        for n in range(int(seconds * per_s)):
-            time.sleep(max(0.0, began + n / per_s - time.time()))
-            at = time.time()
-            stamp = simulate.firmware_timestamp(at, ms=True)
-            # 30.0 to 39.9: never a value the other tests look for.
-            payload = simulate.data_payload(mac, stamp, round(30 + n % 100 / 10, 1), 45.0)
-            sensor.client.publish(f"datayoti/sensor/{mac}/data", json.dumps(payload), qos=0)
-            sent.append((at, stamp))
-        time.sleep(0.05)  # the last one leaves the socket
-        cut_at = time.time()
-        vm.power_cut()
-    finally:
-        sensor.close()
-    return sent, cut_at
-
-
-def test_a_power_cut_mid_stream_loses_only_the_last_seconds(card_a):
-    """The README's guarantee: a power cut loses at most the readings of the last wal_writer_delay + 2 s (+ the
-    trip to the ingestor). The card is opened without the host's cache: what the card did not write is lost."""
-    # What the earlier tests stored is on the card before the plug is pulled: the reboot test counts it. The
-    # WAL writer flushes within wal_writer_delay, well before the kernel's own writeback of the broker's files.
-    vm = card_a.vm
-    written = sql(vm, "SELECT pg_current_wal_insert_lsn()")
-    wait_for(lambda: sql(vm, f"SELECT pg_current_wal_flush_lsn() >= '{written}'::pg_lsn") == "t", 60,
-             "the earlier tests' WAL flushed")
-    card_a.kill()
-    vm = card_a.power_on(cache="none")
-    assert_ready(vm, "card A, disk without the host's cache", first_boot=False)
-    guarantee = store.interval_seconds(sql(vm, "SHOW wal_writer_delay")) + service.FLUSH_GRACE_S
-    sent, cut_at = stream_until_cut(vm, card_a.creds, STREAM_S, STREAM_READINGS_PER_S)
-    vm = card_a.power_on(cache="none")
-    assert_ready(vm, "card A, after a power cut mid-stream", first_boot=False)
-    stored = stored_stamps(vm, card_a.creds["device_id"], sent[0][1])
-    lost = [(at, stamp) for at, stamp in sent if stamp not in stored]
-    window = round(cut_at - min(at for at, _ in lost), 1) if lost else 0.0
-    REPORT["stream_cut"] = {"published": len(sent), "stream_s": STREAM_S, "lost": len(lost),
-                            "lost_window_s": window, "guarantee_s": guarantee}
-    print(f"power cut mid-stream: {REPORT['stream_cut']}")
-    assert stored <= {stamp for _, stamp in sent}, "readings stored that were never published"
-    too_old = [stamp for at, stamp in lost if at < cut_at - guarantee - TRANSIT_S]
-    assert not too_old, f"{len(too_old)} readings lost that were published more than {guarantee} s before the cut"
-    # The card goes on: a new reading is stored, from the sensor added just before the cut (its account is on disk).
-    publish_and_store(vm, card_a.creds, 26.5)
-
-
 def test_a_reboot_keeps_the_secrets_and_the_data(card_a):
     """Acceptance 3."""
     vm = card_a.vm
@@ -435,3 +373,59 @@ def test_two_cards_of_one_image_share_no_secret():
     assert any("ssh_host_ed25519" in name for name in a)
     same = sorted(name for name in a if a[name] == b[name])
     assert not same, f"the same on both cards: {same}"
+
+
+# ---------------------------------------------------------------- card A, power cut mid-stream (issue 12)
+
+def stored_stamps(vm: VM, mac: str, since: str) -> set[str]:
+    """The timestamps of `mac`'s stored readings since `since`, as the firmware writes them (milliseconds)."""
+    out = sql(vm, "SELECT to_char(time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') FROM sensor_data "
+                  f"WHERE device_id = '{mac}' AND time >= '{since}'")
+    return set(out.split())
+
+
+def stream_until_cut(vm: VM, creds: dict, seconds: float, per_s: float) -> tuple[list[tuple[float, str]], float]:
+    """One sensor publishes readings at QoS 0, then the plug is pulled mid-stream: ([(sent at, stamp)], cut at)."""
+    sensor = Session("127.0.0.1", vm.mqtt_port, creds["MQTT_USER"], creds["MQTT_PASSWORD"])
+    mac, sent = creds["device_id"], []
+    try:
+        assert sensor.accepted, sensor.reason
+        began = time.time()
+        for n in range(int(seconds * per_s)):
+            time.sleep(max(0.0, began + n / per_s - time.time()))
+            at = time.time()
+            stamp = simulate.firmware_timestamp(at, ms=True)
+            # 30.0 to 39.9: never a value the other tests look for.
+            payload = simulate.data_payload(mac, stamp, round(30 + n % 100 / 10, 1), 45.0)
+            sensor.client.publish(f"datayoti/sensor/{mac}/data", json.dumps(payload), qos=0)
+            sent.append((at, stamp))
+        time.sleep(0.05)  # the last one leaves the socket
+        cut_at = time.time()
+        vm.power_cut()
+    finally:
+        sensor.close()
+    return sent, cut_at
+
+
+def test_a_power_cut_mid_stream_loses_only_the_last_seconds(card_a):
+    """The README's guarantee: a power cut loses at most the readings of the last wal_writer_delay + 2 s (+ the
+    trip to the ingestor). The card is opened without the host's cache: what the card did not write is lost."""
+    card_a.kill()
+    vm = card_a.power_on(cache="none")
+    assert_ready(vm, "card A, disk without the host's cache", first_boot=False)
+    guarantee = store.interval_seconds(sql(vm, "SHOW wal_writer_delay")) + service.FLUSH_GRACE_S
+    sent, cut_at = stream_until_cut(vm, card_a.creds, STREAM_S, STREAM_READINGS_PER_S)
+    vm = card_a.power_on(cache="none")
+    assert_ready(vm, "card A, after a power cut mid-stream", first_boot=False)
+    stored = stored_stamps(vm, card_a.creds["device_id"], sent[0][1])
+    lost = [(at, stamp) for at, stamp in sent if stamp not in stored]
+    window = round(cut_at - min(at for at, _ in lost), 1) if lost else 0.0
+    REPORT["stream_cut"] = {"published": len(sent), "stream_s": STREAM_S, "lost": len(lost),
+                            "lost_window_s": window, "guarantee_s": guarantee}
+    print(f"power cut mid-stream: {REPORT['stream_cut']}")
+    assert stored <= {stamp for _, stamp in sent}, "readings stored that were never published"
+    too_old = [stamp for at, stamp in lost if at < cut_at - guarantee - TRANSIT_S]
+    assert not too_old, f"{len(too_old)} readings lost that were published more than {guarantee} s before the cut"
+    # The card goes on: a new reading is stored.
+    publish_and_store(vm, card_a.creds, 26.5)
+    assert vm.shutdown(), "card A did not power off cleanly"
