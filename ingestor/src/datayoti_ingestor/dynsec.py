@@ -222,11 +222,7 @@ def write_document(document: dict, path: Path = layout.DYNSEC_FILE) -> None:
     except BaseException:
         candidate.unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_path(path.parent)
 
 
 def broker_uses_plugin() -> bool:
@@ -267,16 +263,17 @@ def sync_broker_file(path: Path) -> None:
     would take the change back (an account added, a password rotated, a sensor revoked).
     """
     with contextlib.suppress(FileNotFoundError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_path(path)
+        fsync_path(path.parent)
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory by its path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def run_online(commands: list[dict], *, admin_password: str, port: int, host: str = "localhost",
