@@ -86,6 +86,8 @@ base_key() {
 # Everything that goes into the image: the base, this directory, image/config, the stage, the repo files the
 # stage applies, and the build's SSH key. Paths and modes count (an NN-run.sh must be executable).
 IMAGE_INPUTS=(tests/image image roles ansible ingestor/src systemd templates)
+# Files there that boot or describe an image but do not go into it.
+NOT_IMAGE_INPUTS=(tests/image/qemu_card.py tests/image/README.md)
 image_key() {
 	{
 		base_key
@@ -96,6 +98,7 @@ image_key() {
 				if [ "$top" = "$REPO" ]; then set -- "${IMAGE_INPUTS[@]}"; else set -- .; fi
 				find "$@" -type f ! -path '*/__pycache__/*' ! -path '*/.pytest_cache/*' ! -name '*.pyc' \
 					-printf '%m %p\n' 2>/dev/null | LC_ALL=C sort | while read -r mode path; do
+					[[ " ${NOT_IMAGE_INPUTS[*]} " == *" $path "* && "$top" = "$REPO" ]] && continue
 					printf '%s %s %s\n' "$mode" "$(sha256sum <"$path" | cut -c1-64)" "$path"
 				done
 			)
