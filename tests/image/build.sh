@@ -66,10 +66,18 @@ datasource:
   NoCloud:
     fs_label: bootfs
 '
+# cloud-init mounts the seed's partition itself unless it is mounted already: if fstab's mount of /boot/firmware
+# lands in between, its own mount fails and the seed is ignored (seen on a slow arm64 boot). Look once it is mounted.
+SEED_MOUNT_DROPIN='[Unit]
+# The NoCloud seed is on /boot/firmware: search for it once fstab has mounted it, not racing that mount.
+RequiresMountsFor=/boot/firmware
+'
 # shellcheck disable=SC2016 # mmdebstrap's hooks expand $1 (the root filesystem) themselves
 BASE_HOOKS=(
 	'mkdir -p "$1/boot/firmware"'
 	"printf '%s' '$NOCLOUD_CFG' > \"\$1/etc/cloud/cloud.cfg.d/99_raspberry-pi-nocloud.cfg\""
+	'mkdir -p "$1/etc/systemd/system/cloud-init-local.service.d"'
+	"printf '%s' '$SEED_MOUNT_DROPIN' > \"\$1/etc/systemd/system/cloud-init-local.service.d/10-seed-mounted.conf\""
 	'chroot "$1" systemctl enable systemd-networkd.service'
 	'rm -f "$1"/etc/ssh/ssh_host_*'
 )
