@@ -46,7 +46,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from . import config as config_module
-from . import hostsecrets, layout, localdb, schema
+from . import dynsec, hostsecrets, layout, localdb, schema
 
 FORMAT = "datayoti-backup"
 FORMAT_VERSION = 1
@@ -792,7 +792,7 @@ def write_file(target: Path, header: dict, files: list[Member], dump_argv: list[
             os.link(tmp_path, target)  # never replaces a file that appeared meanwhile
         except FileExistsError:
             raise BackupError(f"{target} exists already") from None
-        hostsecrets.fsync_dir(target.parent)
+        dynsec.fsync_path(target.parent)
     except OSError as exc:
         raise BackupError(write_error(exc, target)) from None
     finally:

@@ -275,7 +275,7 @@ def remove(mac: str, purge: bool = False) -> dict:
     if dynsec.find(document, "roles", dynsec.sensor_role_name(username)):
         commands.append(dynsec.delete_role(dynsec.sensor_role_name(username)))
     registry_path(mac).unlink()  # first: `secrets ensure` revokes accounts the registry lacks
-    hostsecrets.fsync_dir(layout.SENSORS_DIR)
+    dynsec.fsync_path(layout.SENSORS_DIR)
     broker_run(commands)
     unregister(mac, purge)
     return {"device_id": mac, "removed": True, "purged": purge}

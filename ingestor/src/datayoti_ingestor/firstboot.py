@@ -180,7 +180,7 @@ def write_marker(path: Path) -> None:
         marker.write(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
         marker.flush()
         os.fsync(marker.fileno())
-    hostsecrets.fsync_dir(path.parent)
+    dynsec.fsync_path(path.parent)
 
 
 def run(card_file: Path = CARD_FILE, marker: Path = DONE_MARKER) -> dict:

@@ -140,14 +140,6 @@ def exclusive():
         yield
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_atomic(path: Path, data: bytes, mode: int = 0o600, owner: str = "root", group: str = "root") -> None:
     """Write, fsync and rename into place, so a power cut leaves the old file or the new one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -164,7 +156,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, owner: str = "root"
             os.close(fd)
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    dynsec.fsync_path(path.parent)
 
 
 def read_secret(path: Path) -> str:
@@ -422,7 +414,7 @@ def finish_rotations() -> None:
         pending = pending_path(path)
         if pending.exists():
             os.replace(pending, path)
-            fsync_dir(path.parent)
+            dynsec.fsync_path(path.parent)
 
 
 def parse_load_credentials(text: str) -> list[tuple[str, str]]:
