@@ -433,6 +433,8 @@ def fleet_figures(phase: dict) -> dict:
         writes["raw_whole_pi_mb_per_day"] = writes.pop("whole_pi_mb_per_day")
         writes.update(amortised=amortised, fpi_bytes=amortised["bytes"]["PostgreSQL FPI"],
                       mb_per_day=amortised["mb_per_day"], whole_pi_mb_per_day=amortised["whole_pi_mb_per_day"])
+    device = phase["device"]
+    device["mb_per_day"] = device["bytes"] / phase["seconds"] * 86400 / 1e6 if device["disks"] else None
     daily = writes["whole_pi_mb_per_day"]
     phase["card_lifetime_years"] = lifetime_years(daily * 1e6 if daily is not None else None)
     return phase
@@ -592,6 +594,9 @@ def fleet_targets(fleet: dict, ratios: dict) -> list[dict]:
                                                                       ("idle", idle))}
     ratios["reference fleet: whole-Pi writes, ours / naive"] = ratio(whole["ours"], whole["naive"])
     ratios["reference fleet: whole-Pi writes, ours / idle"] = ratio(whole["ours"], whole["idle"])
+    device = {k: p and p["device"]["mb_per_day"] for k, p in (("ours", ours), ("naive", naive))}
+    ratios["reference fleet: disks' writes (whole machine, raw), ours / naive"] = ratio(device["ours"],
+                                                                                      device["naive"])
     ratios["reference fleet: consumer CPU per 1k, ours / naive"] = ratio(
         ours and ours["cpu_s_per_1k"]["consumer"], naive and naive["cpu_s_per_1k"]["consumer"])
     return [
@@ -700,6 +705,9 @@ def fleet_table(fleet: dict | None) -> list[str]:
                      f"{fmt(p['writes']['whole_pi_mb_per_day'], 1):>10}"
                      f"{fmt(p['writes']['raw_whole_pi_mb_per_day'], 1):>9}{fmt(p['card_lifetime_years'], 1):>12}")
     cycle = fleet["phases"][0]["writes"]["amortised"]["checkpoint_timeout_s"]
+    disks = ", ".join(f"{p['kind']} {fmt(p['device']['mb_per_day'], 1)}" for p in fleet["phases"])
+    lines.append(f"  the disks' own count (/proc/diskstats, synced at both ends; the whole machine, host included; "
+                 f"raw MB/day): {disks} ({', '.join(fleet['phases'][0]['device']['disks']) or 'no disk seen'})")
     lines.append(f"  MB/day amortised per checkpoint cycle (checkpoint_timeout {cycle / 60:g} min): PG FPI and PG "
                  f"data once a cycle, the rest at the window's rate; raw: the window's bytes x 86400 / its "
                  f"seconds. PG FPI: full-page images (pg_waldump --stats), PG WAL: the WAL less them")

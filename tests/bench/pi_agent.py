@@ -26,6 +26,7 @@ one JSON object on its last line of stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import math
@@ -256,6 +257,26 @@ def mb_per_day(nbytes: float, seconds: float) -> float | None:
     """MB (10^6 bytes) a day at the phase's rate."""
     daily = per_day(nbytes, seconds)
     return daily / 1e6 if daily is not None else None
+
+
+NOT_DISKS = ("loop", "ram", "zram", "sr", "dm-", "md", "nbd")  # /sys/block entries that are not a disk of their own
+
+
+def whole_disks(names: list[str]) -> set[str]:
+    """The block devices (/sys/block's names) that are disks: loop, RAM, optical, device-mapper and RAID devices
+    left out, so that no byte is counted twice."""
+    return {n for n in names if not n.startswith(NOT_DISKS)}
+
+
+def disk_written_bytes(diskstats: str, disks: set[str]) -> int:
+    """Bytes written to `disks` since boot, by everything on the machine (/proc/diskstats' sectors written, 512 B
+    each whatever the disk's sector size)."""
+    total = 0
+    for line in diskstats.splitlines():
+        fields = line.split()
+        if len(fields) >= 10 and fields[2] in disks:
+            total += int(fields[9]) * 512
+    return total
 
 
 def writes_breakdown(deltas: dict, seconds: float, pg_io_data_bytes: int, naive_pid: int | None = None,
@@ -759,6 +780,16 @@ def pg_io_data_bytes() -> int:
         "WHERE object = 'relation';")))
 
 
+def device_written() -> dict:
+    """The machine's disks and the bytes written to them so far, after a sync(2) so that the page cache's dirty
+    pages are counted where they were made. A container sees its host's disks: the figure is the whole
+    machine's, the host's own writes included."""
+    with contextlib.suppress(OSError):  # a sandbox may refuse it: then only what writeback has sent is counted
+        os.sync()
+    disks = whole_disks(os.listdir("/sys/block")) if os.path.isdir("/sys/block") else set()
+    return {"disks": sorted(disks), "bytes": disk_written_bytes(read_text("/proc/diskstats") or "", disks)}
+
+
 def checkpoint(settle_s: float) -> int:
     """CHECKPOINT, let the backends flush their statistics, then pg_io_data_bytes()."""
     as_postgres_sql("CHECKPOINT;")
@@ -893,6 +924,7 @@ def fleet(args: argparse.Namespace) -> dict:
     poller = watermark_poller(devices, args.since) if args.kind != "idle" else None
     poller_pid = poller[2].get_backend_pid() if poller else None
     threads = ThreadSampler()
+    device_start = device_written()
     threads.start()
     window_start = time.time()
     print("READY", flush=True)
@@ -920,6 +952,7 @@ def fleet(args: argparse.Namespace) -> dict:
         data_after = checkpoint(args.settle)
         lsn_end = wal_position()
         deltas = threads.stop()
+        device_end = device_written()
         journal = journal_since(window_start, time.time())
         wal = {"start_lsn": lsn_start, "close_lsn": lsn_close, "end_lsn": lsn_end,
                **add_wal_stats(before_close, wal_stats(lsn_close, lsn_end))}
@@ -938,6 +971,7 @@ def fleet(args: argparse.Namespace) -> dict:
             "writes": writes_breakdown(deltas, seconds, data_after - data_before, child.pid if child else None,
                                        poller_pid),
             "cpu_s": cpu_breakdown(deltas, child.pid if child else None, poller_pid),
+            "device": {"disks": device_end["disks"], "bytes": device_end["bytes"] - device_start["bytes"]},
             "wal": wal, "checkpoint_timeout_s": cycle_s, "journal_lines_by_unit": journal,
             "latency": latency_summary([seen - sent_at for sent_at, seen in pairs]),
             "poll_every_s": FLEET_POLL_EVERY_S, "sample_every_s": THREAD_SAMPLE_EVERY_S,

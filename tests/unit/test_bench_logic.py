@@ -101,3 +101,18 @@ def test_bytes_per_reading():
     assert bench.per_reading({"wal_bytes": 3000, "data_bytes": 1000}, 10) == {"wal": 300, "data": 100,
                                                                                "total": 400}
     assert bench.per_reading({"wal_bytes": 1, "data_bytes": 1}, 0)["total"] is None
+
+
+def test_whole_disks_leave_out_virtual_and_stacked_devices():
+    names = ["vda", "sda", "mmcblk0", "nvme0n1", "loop0", "ram1", "zram0", "sr0", "dm-0", "md127", "nbd3"]
+    assert pi_agent.whole_disks(names) == {"vda", "sda", "mmcblk0", "nvme0n1"}
+
+
+def test_disk_written_bytes_sums_sectors_written_of_the_disks_only():
+    diskstats = ("   7       0 loop0 10 0 80 1 5 0 4000 2 0 3 3 0 0 0 0\n"
+                 " 254       0 vda 3042821 356823 136134396 1477026 10384385 2987817 715135255 4590919 0 16 7\n"
+                 " 254       1 vda1 1 0 2 0 1 0 999 0 0 0 0\n"
+                 " 179       0 mmcblk0 1 0 2 0 1 0 8\n"
+                 "bad line\n")
+    assert pi_agent.disk_written_bytes(diskstats, {"vda", "mmcblk0"}) == (715135255 + 8) * 512
+    assert pi_agent.disk_written_bytes(diskstats, set()) == 0
