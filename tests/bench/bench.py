@@ -373,6 +373,10 @@ def fleet_phase(bed: str, host: str, creds, kind: str, seconds: float, settle_s:
     return fleet_figures(phase)
 
 
+def per_minute(count, seconds):
+    return count / seconds * 60 if count is not None and seconds else None
+
+
 def cpu_per_1k(seconds, messages):
     return seconds / messages * 1000 if seconds is not None and messages else None
 
@@ -705,6 +709,10 @@ def fleet_table(fleet: dict | None) -> list[str]:
                      f"{fmt(p['writes']['whole_pi_mb_per_day'], 1):>10}"
                      f"{fmt(p['writes']['raw_whole_pi_mb_per_day'], 1):>9}{fmt(p['card_lifetime_years'], 1):>12}")
     cycle = fleet["phases"][0]["writes"]["amortised"]["checkpoint_timeout_s"]
+    flushes = ", ".join(f"{p['kind']} {fmt(per_minute(p['wal']['wal_writes'], p['seconds']), 1)}/"
+                        f"{fmt(per_minute(p['wal']['wal_syncs'], p['seconds']), 1)}" for p in fleet["phases"])
+    lines.append(f"  PostgreSQL's WAL writes/syncs a minute (pg_stat_wal, the closing CHECKPOINT's included): "
+                 f"{flushes}")
     disks = ", ".join(f"{p['kind']} {fmt(p['device']['mb_per_day'], 1)}" for p in fleet["phases"])
     lines.append(f"  the disks' own count (/proc/diskstats, synced at both ends; the whole machine, host included; "
                  f"raw MB/day): {disks} ({', '.join(fleet['phases'][0]['device']['disks']) or 'no disk seen'})")

@@ -378,6 +378,12 @@ def pg_write_counters(settle_s: float) -> dict:
     return dict(zip(("wal_bytes", "wal_writes", "wal_records", "wal_fpi", "data_bytes"), values, strict=True))
 
 
+def wal_flush_counts() -> dict:
+    """How many times PostgreSQL has written and synced WAL (pg_stat_wal): what the card sees of its commits."""
+    writes, syncs = (int(v) for v in as_postgres_sql("SELECT wal_write, wal_sync FROM pg_stat_wal").split("|"))
+    return {"wal_writes": writes, "wal_syncs": syncs}
+
+
 def proc_cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as handle:
         fields = handle.read().rsplit(")", 1)[1].split()
@@ -919,6 +925,7 @@ def fleet(args: argparse.Namespace) -> dict:
     else:
         wait_ingestor_idle()
     data_before = checkpoint(args.settle)
+    flushes_before = wal_flush_counts()
     cycle_s = checkpoint_timeout_s()
     lsn_start = wal_position()
     poller = watermark_poller(devices, args.since) if args.kind != "idle" else None
@@ -950,12 +957,14 @@ def fleet(args: argparse.Namespace) -> dict:
         lsn_close = wal_position()
         before_close = wal_stats(lsn_start, lsn_close)
         data_after = checkpoint(args.settle)
+        flushes_after = wal_flush_counts()
         lsn_end = wal_position()
         deltas = threads.stop()
         device_end = device_written()
         journal = journal_since(window_start, time.time())
         wal = {"start_lsn": lsn_start, "close_lsn": lsn_close, "end_lsn": lsn_end,
-               **add_wal_stats(before_close, wal_stats(lsn_close, lsn_end))}
+               **add_wal_stats(before_close, wal_stats(lsn_close, lsn_end)),
+               **{k: flushes_after[k] - flushes_before[k] for k in flushes_after}}
         rows = poller[1]() if poller else []
     finally:
         if poller:

@@ -92,6 +92,7 @@ def check_fleet(fleet: dict, table: str) -> None:
         assert 0 < writes["whole_pi_mb_per_day"] <= writes["raw_whole_pi_mb_per_day"], (kind, writes)
         assert amortised["continuous_bytes"] + amortised["per_cycle_bytes"] == writes["whole_pi_bytes"], writes
         assert "top" in p["journal_lines_by_unit"], p
+        assert p["wal"]["wal_syncs"] >= 1 and p["wal"]["wal_writes"] >= 1, p["wal"]  # the closing CHECKPOINT's
         assert p["device"]["disks"] and p["device"]["bytes"] >= 0 and p["device"]["mb_per_day"] >= 0, p["device"]
         assert p["seconds"] > 10 and p["threads"]["seen"] > 0, p
         assert {"ingestor", "naive consumer", "PostgreSQL", "Mosquitto", "bench poller"} <= set(p["cpu_s"]), p
@@ -105,7 +106,7 @@ def check_fleet(fleet: dict, table: str) -> None:
         assert all(p["cpu_s_per_1k"][c] is not None for c in ("consumer", "PostgreSQL", "Mosquitto")), p
         assert p["latency"]["p50_ms"] is not None and p["latency"]["p99_ms"] is not None, p
     assert "reference fleet: 50 sensors" in table, table
-    assert "the disks' own count (/proc/diskstats" in table, table
+    assert "the disks' own count (/proc/diskstats" in table and "WAL writes/syncs a minute" in table, table
     assert "PG FPI" in table and "MB/day amortised per checkpoint cycle" in table and "  method: " in table, table
     rows = [line for line in table.splitlines() if re.match(r"(idle|naive|ours) +\d", line)]
     assert len(rows) == 6, table  # per phase, a row of writes and a row of CPU and latency
