@@ -30,7 +30,9 @@ SSH_OPTS = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "User
             "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR",
             "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=6"]
 POLL_S = 0.2
-BUILD_TIMEOUT_S = 3600
+# A whole build with no cache. arm64 runs under qemu-user: its base alone takes about 20 min and the stage
+# about 45 min, so it gets longer than amd64 (a few minutes in all).
+BUILD_TIMEOUT_S = {"amd64": 3600, "arm64": 3 * 3600}
 STOP_TIMEOUT_S = 60
 SSH_FAILURES_GIVE_UP = 5
 # What must be active on a booted card. datayoti-migrate is not among them: on a card, `datayoti firstboot`
@@ -67,17 +69,36 @@ class Image:
         return self.directory.parent / "build-key"
 
 
-def build_image(arch: str = "amd64", env: dict | None = None, timeout: float = BUILD_TIMEOUT_S) -> Image:
-    """Build the image (or take it from the cache); the build's log goes to our stderr."""
-    result = subprocess.run([str(BUILD), "--arch", arch], stdout=subprocess.PIPE, stderr=None, text=True,
-                            timeout=timeout, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
-    if result.returncode != 0:
-        raise CardError(f"build.sh failed with exit code {result.returncode}")
-    directory = Path(result.stdout.strip().splitlines()[-1])
+def build_image(arch: str = "amd64", env: dict | None = None, timeout: float | None = None) -> Image:
+    """Build the image (or take it from the cache); the build's log goes to our stderr. A build that overruns
+    its time is stopped with SIGTERM, so that build.sh's trap undoes its mounts, then raises."""
+    timeout = timeout or BUILD_TIMEOUT_S[arch]
+    build = subprocess.Popen([str(BUILD), "--arch", arch], stdout=subprocess.PIPE, stderr=None, text=True,
+                             env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        stdout, _ = build.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_group(build)
+        raise CardError(f"build.sh --arch {arch} ran over {timeout:.0f} s; stopped") from None
+    if build.returncode != 0:
+        raise CardError(f"build.sh failed with exit code {build.returncode}")
+    directory = Path(stdout.strip().splitlines()[-1])
     return Image(directory, json.loads((directory / "build.json").read_text()))
 
 
-# ---------------------------------------------------------------- a card
+def stop_group(process: subprocess.Popen, grace_s: float = 120) -> None:
+    """SIGTERM to the process's whole group (its children too, so that a shell's trap runs at once), then
+    SIGKILL after `grace_s`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.communicate(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+
+
 
 def user_data(user: str, pubkey: str, hostname: str) -> str:
     """user-data as Raspberry Pi Imager writes it for a user with an SSH key and no password."""
