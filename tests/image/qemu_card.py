@@ -80,6 +80,9 @@ def build_image(arch: str = "amd64", env: dict | None = None, timeout: float | N
     except subprocess.TimeoutExpired:
         stop_group(build)
         raise CardError(f"build.sh --arch {arch} ran over {timeout:.0f} s; stopped") from None
+    except BaseException:  # Ctrl-C: the build runs in a session of its own, so it did not get the signal
+        stop_group(build)
+        raise
     if build.returncode != 0:
         raise CardError(f"build.sh failed with exit code {build.returncode}")
     directory = Path(stdout.strip().splitlines()[-1])
@@ -99,6 +102,7 @@ def stop_group(process: subprocess.Popen, grace_s: float = 120) -> None:
         process.communicate()
 
 
+# ---------------------------------------------------------------- a card
 
 def user_data(user: str, pubkey: str, hostname: str) -> str:
     """user-data as Raspberry Pi Imager writes it for a user with an SSH key and no password."""

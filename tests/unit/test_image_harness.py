@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "image"))
 
 import qemu_card  # noqa: E402
@@ -38,3 +40,14 @@ def gone(pid: int, within_s: float = 5.0) -> bool:
 
 def test_arm64_builds_get_longer_than_amd64():
     assert qemu_card.BUILD_TIMEOUT_S["arm64"] > qemu_card.BUILD_TIMEOUT_S["amd64"] >= 3600
+
+
+def test_build_image_stops_a_build_that_overruns_and_says_so(tmp_path, monkeypatch):
+    mark = tmp_path / "trap-ran"
+    fake = tmp_path / "build.sh"
+    fake.write_text(f"#!/bin/bash\ntrap 'touch {mark}' EXIT\ntrap 'exit 130' TERM\nsleep 600 & wait\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(qemu_card, "BUILD", fake)
+    with pytest.raises(qemu_card.CardError, match="ran over 1 s; stopped"):
+        qemu_card.build_image("arm64", timeout=1)
+    assert mark.exists()  # its trap ran: the mounts of a real build would be undone
