@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 
 import psycopg2
 import psycopg2.errors
 import pytest
-from datayoti_ingestor import service, store
+from datayoti_ingestor import service
 from datayoti_ingestor.messages import Limits, parse_message
 from datayoti_ingestor.service import Stats, database_state, status_line
 from datayoti_ingestor.store import (
@@ -227,26 +226,3 @@ def test_a_batch_is_acknowledged_once_a_later_batch_reads_the_wal_flushed_past_i
     ingestor.store.positions.append(None)
     assert ingestor.flush([message(4)], final=True) and acked == [1, 2, 3, 4]  # a synchronous commit: all
     assert ingestor.unflushed_count == 0
-
-
-# ------------------------------------------------------------------ prepared statements
-
-def test_prepared_numbers_each_name_once_and_keeps_its_cast_in_the_execute():
-    statement = store.prepared("s", "SELECT %(a)s::int[], %(b)s, %(a)s::int[] WHERE x LIKE 'y%%'")
-    assert statement.prepare == "PREPARE s AS SELECT $1::int[], $2, $1::int[] WHERE x LIKE 'y%'"
-    assert statement.execute == "EXECUTE s(%(a)s::int[], %(b)s)"
-
-
-def test_prepared_refuses_a_positional_placeholder_and_a_name_cast_two_ways():
-    with pytest.raises(ValueError, match="not %\\(name\\)s"):
-        store.prepared("s", "SELECT %s")
-    with pytest.raises(ValueError, match="cast two ways"):
-        store.prepared("s", "SELECT %(a)s::int, %(a)s::text")
-
-
-def test_every_batch_statement_is_prepared_with_every_parameter_its_text_names():
-    for statement, text in ((store.READINGS, store.INSERT_READINGS), (store.HEARTBEATS, store.INSERT_HEARTBEATS),
-                            (store.STATUSES, store.INSERT_STATUSES), (store.REJECTS, store.INSERT_REJECTS)):
-        names = set(re.findall(r"%\((\w+)\)s", text))
-        assert set(re.findall(r"%\((\w+)\)s", statement.execute)) == names
-        assert "%(" not in statement.prepare and f"${len(names)}" in statement.prepare

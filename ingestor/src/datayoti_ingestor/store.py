@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -159,49 +158,6 @@ class Incoming:
     parsed: Reading | Heartbeat | Status | None = None
     reason: str | None = None
     detail: str | None = None
-
-
-PLACEHOLDER = re.compile(r"%\((\w+)\)s((?:::[a-z0-9_ ]+(?:\[\])?)?)")
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A statement planned once per connection: `prepare` defines it, `execute` runs it with the same
-    named parameters as the text it came from, each keeping its cast."""
-
-    name: str
-    prepare: str
-    execute: str
-
-
-def prepared(name: str, sql: str) -> Prepared:
-    """`%(x)s::type` placeholders -> `$n` in the PREPARE (one per name, in order of first use), and an
-    EXECUTE that passes them, cast, in that order."""
-    order: list[str] = []
-    casts: dict[str, str] = {}
-
-    def number(match: re.Match) -> str:
-        param, cast = match.group(1), match.group(2)
-        if param not in casts:
-            order.append(param)
-            casts[param] = cast
-        elif cast and casts[param] != cast:
-            raise ValueError(f"{name}: parameter {param} cast two ways")
-        return f"${order.index(param) + 1}{cast}"
-
-    body = PLACEHOLDER.sub(number, sql)
-    if "%" in body.replace("%%", ""):
-        raise ValueError(f"{name}: a placeholder that is not %(name)s")
-    args = ", ".join(f"%({param})s{casts[param]}" for param in order)
-    return Prepared(name, f"PREPARE {name} AS {body.replace('%%', '%')}", f"EXECUTE {name}({args})")
-
-# Planned once per connection, not once per batch: at a few messages a second, planning these CTEs cost
-# PostgreSQL more CPU than running them.
-READINGS = prepared("datayoti_insert_readings", INSERT_READINGS)
-HEARTBEATS = prepared("datayoti_insert_heartbeats", INSERT_HEARTBEATS)
-STATUSES = prepared("datayoti_insert_statuses", INSERT_STATUSES)
-REJECTS = prepared("datayoti_insert_rejects", INSERT_REJECTS)
-PREPARED = (READINGS, HEARTBEATS, STATUSES, REJECTS)
 
 
 def parse_lsn(text: str) -> int:
@@ -375,19 +331,17 @@ class Store:
         self.connects += 1
         self.conn = psycopg2.connect(**self.connect_kwargs)
         self.conn.autocommit = False
-        try:
-            with self.conn.cursor() as cur:
-                for statement in PREPARED:
-                    cur.execute(statement.prepare)
-                if self.asynchronous:
+        if self.asynchronous:
+            try:
+                with self.conn.cursor() as cur:
                     # This session's commits return before the disk has them (write_batch says where they are).
                     cur.execute("SET synchronous_commit TO off")
                     cur.execute("SHOW wal_writer_delay")
                     self.wal_writer_delay_s = interval_seconds(cur.fetchone()[0])
-            self.conn.commit()
-        except psycopg2.Error:
-            self.close()
-            raise
+                self.conn.commit()
+            except psycopg2.Error:
+                self.close()
+                raise
 
     def wal_positions(self) -> tuple[int, int]:
         """(inserted, flushed): every commit returned so far ends before `inserted`, and the WAL is on disk up
@@ -467,7 +421,7 @@ class Store:
         result, bookkeeping = self._write_parsed(cur, [m for m in batch if m.parsed is not None], now)
         rejects = [m for m in batch if m.parsed is None]
         if rejects:
-            cur.execute(REJECTS.execute, self._reject_params(rejects))
+            cur.execute(INSERT_REJECTS, self._reject_params(rejects))
             result.rejected = len(rejects)
         return result, bookkeeping
 
@@ -481,20 +435,20 @@ class Store:
         # Statuses and heartbeats carry free-form JSON, the likeliest to be refused: written before the
         # readings, so that a refusal aborts as few written rows as possible.
         if statuses:
-            cur.execute(STATUSES.execute, self._status_params(statuses))
+            cur.execute(INSERT_STATUSES, self._status_params(statuses))
             result.statuses = cur.rowcount
         if beats:
             params = self._heartbeat_params(beats)
             params["touch"] = self.heartbeat_touch.due(params["device_id"], now)
             bookkeeping.append((self.heartbeat_touch, params["touch"]))
-            cur.execute(HEARTBEATS.execute, params)
+            cur.execute(INSERT_HEARTBEATS, params)
             row = cur.fetchone()
             result.heartbeats, result.wal_positions = row[0], (parse_lsn(row[2]), parse_lsn(row[3]))
         if readings:
             params = self._reading_params(readings)
             params["touch"] = self.data_touch.due(params["device_id"], now)
             bookkeeping.append((self.data_touch, params["touch"]))
-            cur.execute(READINGS.execute, params)
+            cur.execute(INSERT_READINGS, params)
             row = cur.fetchone()
             result.readings, result.wal_positions = row[0], (parse_lsn(row[2]), parse_lsn(row[3]))
         return result, bookkeeping
@@ -548,7 +502,7 @@ class Store:
     def _write_rejects_one_by_one(self, cur, rejects: list[Incoming]) -> int:
         """Store rejects; one that even the reject table refuses is logged whole and dropped. Returns drops."""
         def insert(items: list[Incoming]):
-            return under_savepoint(cur, lambda: cur.execute(REJECTS.execute, self._reject_params(items)))[1]
+            return under_savepoint(cur, lambda: cur.execute(INSERT_REJECTS, self._reject_params(items)))[1]
 
         if not rejects or insert(rejects) is None:
             return 0
