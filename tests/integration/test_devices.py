@@ -191,6 +191,23 @@ def test_a_rotation_killed_halfway_is_finished_by_the_next_run(fleet, secret):
     assert_everything_works(fleet, mac, 39.0 + (0.5 if secret.startswith("mqtt") else 0.0))
 
 
+def test_ensure_restarts_a_service_still_holding_the_old_password(fleet):
+    """The state a rotation killed between its rename and its restart leaves, made on purpose: the broker and the
+    file hold the new password, the running ingestor the old one. `ensure` must restart it."""
+    mac = fleet.status()["hosts"][PI]["sensors"][3]
+    path = "/etc/datayoti/secrets/mqtt-datayoti_ingestor.password"
+    held = "/run/credentials/datayoti-ingestor.service/mqtt-password"
+    fleet.sh(PI, f"umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > {path}.new")
+    applied = datayoti(fleet, "secrets", "ensure", "--no-restart", "--json")
+    assert applied.returncode == 0 and json.loads(applied.stdout)["restarted"] == [], applied.stdout + applied.stderr
+    assert fleet.read(PI, held) != fleet.read(PI, path)
+    report = secrets_ensure(fleet)
+    assert report["restarted"] == ["datayoti-ingestor.service"] and not report["changed"], report
+    assert fleet.read(PI, held) == fleet.read(PI, path)
+    assert secrets_ensure(fleet)["restarted"] == []
+    assert_everything_works(fleet, mac, 38.5)
+
+
 def digest_of_state(fleet) -> str:
     """Everything a bad `device` call could change: registry files, broker accounts, devices rows."""
     files = fleet.sh(PI, "cd /etc/datayoti/sensors && sha256sum * && sha256sum /var/lib/mosquitto/dynamic-security.json"

@@ -251,9 +251,26 @@ def test_report_json_and_text():
 
 
 def test_load_credentials_of_a_unit():
-    shown = ("LoadCredential=mqtt-password:/etc/datayoti/secrets/mqtt-datayoti_ingestor.password "
-             "db-password:/etc/datayoti/secrets/postgresql-mqtt_ingestor.password\n")
+    shown = ('{"type":"a(ss)","data":[["mqtt-password","/etc/datayoti/secrets/mqtt-datayoti_ingestor.password"],'
+             '["db-password","/etc/datayoti/secrets/postgresql-mqtt_ingestor.password"]]}\n')
     assert hostsecrets.parse_load_credentials(shown) == [
         ("mqtt-password", "/etc/datayoti/secrets/mqtt-datayoti_ingestor.password"),
         ("db-password", "/etc/datayoti/secrets/postgresql-mqtt_ingestor.password")]
-    assert hostsecrets.parse_load_credentials("LoadCredential=\n") == []
+    assert hostsecrets.parse_load_credentials('{"type":"a(ss)","data":[]}') == []
+
+
+@pytest.mark.parametrize("shown", ["LoadCredential=[unprintable]\n", "", '{"type":"a(ss)"}', '{"data":[["x"]]}'])
+def test_unreadable_load_credentials_are_an_error_not_an_empty_list(shown):
+    """An answer that cannot be read must not pass as 'no credentials', or a stale service is never restarted."""
+    with pytest.raises(hostsecrets.SecretsError, match="LoadCredential"):
+        hostsecrets.parse_load_credentials(shown)
+
+
+@pytest.mark.parametrize(("unit", "path"), [
+    ("datayoti-ingestor.service", "/org/freedesktop/systemd1/unit/datayoti_2dingestor_2eservice"),
+    ("grafana-server.service", "/org/freedesktop/systemd1/unit/grafana_2dserver_2eservice"),
+    ("a@b_c.service", "/org/freedesktop/systemd1/unit/a_40b_5fc_2eservice"),
+    ("", "/org/freedesktop/systemd1/unit/_"),
+])
+def test_unit_object_path_escapes_like_systemd(unit, path):
+    assert hostsecrets.unit_object_path(unit) == path

@@ -29,7 +29,6 @@ import hmac
 import json
 import os
 import pwd
-import re
 import secrets
 import socket
 import subprocess
@@ -417,21 +416,43 @@ def finish_rotations() -> None:
             dynsec.fsync_path(path.parent)
 
 
+def unit_object_path(unit: str) -> str:
+    """A unit's D-Bus object path in systemd (bus_label_escape: [A-Za-z0-9] kept, any other byte as _xx)."""
+    label = "".join(chr(b) if chr(b).isascii() and chr(b).isalnum() else f"_{b:02x}" for b in unit.encode())
+    return "/org/freedesktop/systemd1/unit/" + (label or "_")
+
+
 def parse_load_credentials(text: str) -> list[tuple[str, str]]:
-    """`systemctl show --property=LoadCredential` output -> [(credential id, source path)]."""
-    return re.findall(r"([A-Za-z0-9_.-]+):(/\S+)", text)
+    """`busctl --json=short get-property ... LoadCredential` output -> [(credential id, source path)].
+
+    (`systemctl show --property=LoadCredential` prints "[unprintable]" on trixie's systemd 257.)"""
+    try:
+        data = json.loads(text)["data"]
+        return [(str(cred_id), str(source)) for cred_id, source in data]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SecretsError(f"cannot read a unit's LoadCredential= from systemd: {text.strip()[:200]!r}") from exc
+
+
+def unit_credentials(unit: str) -> list[tuple[str, str]]:
+    """The LoadCredential= pairs systemd holds for a unit (drop-ins included)."""
+    done = subprocess.run(["busctl", "--json=short", "get-property", "org.freedesktop.systemd1",
+                           unit_object_path(unit), "org.freedesktop.systemd1.Service", "LoadCredential"],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SecretsError(f"cannot ask systemd for {unit}'s credentials: {done.stderr.strip()}")
+    return parse_load_credentials(done.stdout)
 
 
 def stale_units() -> set[str]:
     """Running services whose systemd credential differs from its file: a rotation killed before it restarted them."""
     stale = set()
     for unit in sorted({u for secret in PASSWORDS for u in secret.units}):
-        done = subprocess.run(["systemctl", "show", "--property=LoadCredential", unit], capture_output=True,
-                              text=True, check=False)
-        for cred_id, source in parse_load_credentials(done.stdout):
-            held = Path("/run/credentials") / unit / cred_id
+        held_dir = Path("/run/credentials") / unit
+        if not held_dir.is_dir():  # not running: it reads the files when it starts
+            continue
+        for cred_id, source in unit_credentials(unit):
             with contextlib.suppress(OSError):
-                if held.read_bytes() != Path(source).read_bytes():
+                if (held_dir / cred_id).read_bytes() != Path(source).read_bytes():
                     stale.add(unit)
     return stale
 
