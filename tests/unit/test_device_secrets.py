@@ -274,3 +274,15 @@ def test_unreadable_load_credentials_are_an_error_not_an_empty_list(shown):
 ])
 def test_unit_object_path_escapes_like_systemd(unit, path):
     assert hostsecrets.unit_object_path(unit) == path
+
+
+@given(st.one_of(st.text(), st.recursive(st.none() | st.booleans() | st.integers() | st.text(),
+                                         lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner))
+                 .map(lambda doc: json.dumps({"type": "a(ss)", "data": doc}))))
+def test_any_busctl_answer_is_pairs_or_one_clear_error(shown):
+    try:
+        pairs = hostsecrets.parse_load_credentials(shown)
+    except hostsecrets.SecretsError as exc:
+        assert "LoadCredential" in str(exc)
+    else:
+        assert all(isinstance(i, str) and isinstance(s, str) for i, s in pairs)
