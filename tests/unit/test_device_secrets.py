@@ -259,7 +259,8 @@ def test_load_credentials_of_a_unit():
     assert hostsecrets.parse_load_credentials('{"type":"a(ss)","data":[]}') == []
 
 
-@pytest.mark.parametrize("shown", ["LoadCredential=[unprintable]\n", "", '{"type":"a(ss)"}', '{"data":[["x"]]}'])
+@pytest.mark.parametrize("shown", ["LoadCredential=[unprintable]\n", "", '{"type":"a(ss)"}', '{"data":[["x"]]}',
+                                   '{"data":{"ab":1}}', '{"data":[["a",["b"]]]}', '[1]'])
 def test_unreadable_load_credentials_are_an_error_not_an_empty_list(shown):
     """An answer that cannot be read must not pass as 'no credentials', or a stale service is never restarted."""
     with pytest.raises(hostsecrets.SecretsError, match="LoadCredential"):

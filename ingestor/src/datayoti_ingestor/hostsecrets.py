@@ -428,9 +428,12 @@ def parse_load_credentials(text: str) -> list[tuple[str, str]]:
     (`systemctl show --property=LoadCredential` prints "[unprintable]" on trixie's systemd 257.)"""
     try:
         data = json.loads(text)["data"]
-        return [(str(cred_id), str(source)) for cred_id, source in data]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise SecretsError(f"cannot read a unit's LoadCredential= from systemd: {text.strip()[:200]!r}") from exc
+    except (ValueError, KeyError, TypeError):
+        data = None
+    if not isinstance(data, list) or not all(
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, str) for v in pair) for pair in data):
+        raise SecretsError(f"cannot read a unit's LoadCredential= from systemd: {text.strip()[:200]!r}")
+    return [(cred_id, source) for cred_id, source in data]
 
 
 def unit_credentials(unit: str) -> list[tuple[str, str]]:
